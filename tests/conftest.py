@@ -1,0 +1,21 @@
+"""Test-wide settings: CPU only, quiet TensorFlow, no network, float32 matmuls."""
+
+import os
+
+# These must be set before jax or tensorflow is imported anywhere.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Downloads must never happen in tests; TFDS would otherwise try GCS for metadata.
+os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+import jax  # noqa: E402
+
+# Parity tests compare against PyTorch float32; XLA's CPU default is already full
+# precision, but make it explicit so a changed default cannot loosen the tests.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~30 s on 2 CPU cores")
