@@ -1,0 +1,73 @@
+"""The params-only export: what a trained run hands to other code.
+
+Layout of ``DIR/export`` (``DIR`` being a run's workdir)::
+
+    model.json   {"format", "model", "block_units", "width", "num_classes", "label_names",
+                  "multilabel", "preprocessing", ...}
+    params/      an Orbax checkpoint of the parameter tree, saved as host numpy arrays
+
+Any JAX code restores it without importing this project::
+
+    import json, orbax.checkpoint as ocp
+    params = ocp.StandardCheckpointer().restore(f"{DIR}/export/params")
+    meta = json.load(open(f"{DIR}/export/model.json"))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+FORMAT = "bit_medical.export/1"
+EXPORT_DIRNAME = "export"
+META_FILENAME = "model.json"
+PARAMS_DIRNAME = "params"
+
+
+def export_dir(directory: str | os.PathLike) -> str:
+    """``DIR/export`` for a workdir, or ``directory`` itself if it already is an export."""
+    directory = os.fspath(directory)
+    if os.path.exists(os.path.join(directory, META_FILENAME)):
+        return directory
+    return os.path.join(directory, EXPORT_DIRNAME)
+
+
+def save(directory: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    """Writes ``params`` and ``meta`` (JSON-serialisable) to ``directory``; returns its path."""
+    import orbax.checkpoint as ocp  # deferred: orbax is slow to import and only needed here
+
+    directory = os.path.abspath(os.fspath(directory))
+    os.makedirs(directory, exist_ok=True)
+    host_params = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(directory, PARAMS_DIRNAME), host_params, force=True)
+    checkpointer.wait_until_finished()
+    with open(os.path.join(directory, META_FILENAME), "w") as f:
+        json.dump({"format": FORMAT, **meta}, f, indent=2)
+    return directory
+
+
+def load(directory: str | os.PathLike) -> tuple[dict, dict]:
+    """Reads an export (or a workdir holding ``export/``): returns ``(meta, params)``."""
+    import orbax.checkpoint as ocp
+
+    directory = export_dir(directory)
+    meta_path = os.path.join(directory, META_FILENAME)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"No export at {directory}: {META_FILENAME} is missing (run `bit-medical export`)"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_path} is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: unknown export format {meta.get('format')!r}, "
+                         f"expected {FORMAT!r}")
+    params = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIRNAME))
+    return meta, params

@@ -1,0 +1,128 @@
+"""``load_model``: a BiT module and its variables from a name, a file or an exported run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from bit_medical.models import bit, convert, export
+from bit_medical.models.convert import CheckpointError
+
+BIT_URL = "https://storage.googleapis.com/bit_models/{name}.npz"
+TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt")
+
+
+def cache_dir() -> str:
+    """Where downloaded checkpoints live: ``$BIT_MEDICAL_CACHE`` or ``~/.cache/bit_medical``."""
+    return os.environ.get("BIT_MEDICAL_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "bit_medical"))
+
+
+def fetch(name: str) -> str:
+    """Path of the official checkpoint ``name`` (e.g. BiT-M-R50x1), downloading it if needed."""
+    if name not in bit.PUBLISHED:
+        raise ValueError(f"No released checkpoint {name!r}; released: {', '.join(bit.PUBLISHED)}")
+    url = BIT_URL.format(name=name)
+    path = os.path.join(cache_dir(), f"{name}.npz")
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Download beside the target and rename, so an interrupted download leaves no truncated
+    # file that a later run would take for the checkpoint.
+    fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            size = int(response.headers.get("Content-Length") or 0)
+            _copy_with_progress(response, out, size, name)
+        os.replace(partial, path)
+    except (urllib.error.URLError, OSError) as e:
+        raise CheckpointError(
+            f"Could not download {name} from {url} ({e}). Without network access, download "
+            f"that URL elsewhere and put the file at {path} (or set BIT_MEDICAL_CACHE).") from e
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return path
+
+
+def _copy_with_progress(src, dst, size: int, name: str) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=size or None, unit="B", unit_scale=True, desc=f"Downloading {name}") as bar:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+            bar.update(len(chunk))
+
+
+def load_params(source: str | os.PathLike) -> tuple[dict, dict]:
+    """Reads parameters from any supported source; returns ``(params, meta)``.
+
+    ``meta`` holds what the source says about the model besides its weights (``model`` name,
+    and for exports the label names and preprocessing).
+    """
+    source = os.fspath(source)
+    if source in bit.PUBLISHED:
+        return convert.params_from_npz(fetch(source)), {"model": source}
+    if os.path.isdir(source):
+        meta, params = export.load(source)
+        return params, meta
+    if not os.path.exists(source):
+        raise FileNotFoundError(
+            f"{source!r} is neither a released BiT name ({', '.join(bit.PUBLISHED)}) nor an "
+            f"existing file or directory")
+    if source.endswith(".npz"):
+        return convert.params_from_npz(source), {}
+    if source.endswith(TORCH_SUFFIXES):
+        return convert.load_torch_file(source), {}
+    raise CheckpointError(
+        f"{source}: unknown checkpoint type; expected .npz, {', '.join(TORCH_SUFFIXES)}, a "
+        f"released name or an exported run directory")
+
+
+def load_model(source: str | os.PathLike, num_classes: int | None = None, *,
+               dtype: Any = jnp.float32, remat: bool = False):
+    """Loads a BiT model and its variables.
+
+    Args:
+      source: a released name (``BiT-M-R50x1``; downloaded to :func:`cache_dir` when online),
+        an official ``.npz``, a PyTorch file (``.pth``, ``.pth.tar``, ``.pt``: the reference
+        code's ``{"model": state_dict}`` or a bare state_dict in its naming, or a timm
+        ``resnetv2_*_bit`` state_dict), or a directory exported by this project.
+      num_classes: head size; ``None`` keeps the checkpoint's head, any other size gives a new
+        zero-initialised head (BiT's transfer recipe).
+      dtype: compute dtype of the module (parameters stay float32).
+      remat: rematerialise units in the backward pass.
+
+    Returns:
+      ``(model, variables)`` such that ``model.apply(variables, images)`` gives logits for NHWC
+      images in [-1, 1].
+
+    Raises:
+      CheckpointError: unreadable file, or weights that do not form the model (names every
+        missing, unexpected and mis-shaped parameter with expected and found shapes).
+    """
+    source = os.fspath(source)
+    params, meta = load_params(source)
+    where = source
+    units, width, ckpt_classes = convert.infer_architecture(params, where)
+    arch = bit.Architecture(units, width)
+    if source in bit.PUBLISHED and arch != bit.PUBLISHED[source]:
+        raise CheckpointError(
+            f"{where}: the file holds a {arch.tag} but {source} is a {bit.PUBLISHED[source].tag}")
+    model = bit.BiT(block_units=units, width=width, num_classes=ckpt_classes, dtype=dtype,
+                    remat=remat)
+    convert.check_params(params, bit.param_shapes(model), where)
+    if num_classes is not None and num_classes != ckpt_classes:
+        features = params["head"]["conv2d"]["kernel"].shape[2]
+        params = dict(params)
+        params["head"] = {"conv2d": {
+            "kernel": np.zeros((1, 1, features, num_classes), np.float32),
+            "bias": np.zeros((num_classes,), np.float32)}}
+        model = model.clone(num_classes=num_classes, zero_head=True)
+    return model, {"params": params}
