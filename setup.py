@@ -15,6 +15,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["bit_medical", "bit_medical.*", "input_pipeline", "input_pipeline.*"]),
+    package_data={"bit_medical": ["paper_results/*.csv.gz", "paper_results/README.md"]},
     install_requires=[
         "jax>=0.5,<0.12",
         "flax>=0.10,<0.13",
@@ -24,6 +25,8 @@ setuptools.setup(
         "tensorflow-cpu>=2.16,<2.22; platform_system == 'Linux'",
         "tensorflow>=2.16,<2.22; platform_system != 'Linux'",
         "tensorflow-datasets>=4.9.7,<5",
+        # TFDS's builder code imports this backport without declaring it.
+        "importlib_resources>=5",
         "ml-collections>=0.1.1,<2",
         "clu>=0.0.12,<0.1",
         "tensorboard>=2.16,<2.22",

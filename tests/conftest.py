@@ -10,6 +10,12 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
+import sys  # noqa: E402
+
+# torchvision imports torch._dynamo, which loads triton, and libtriton segfaults in a process
+# that loaded TensorFlow first (both bundle LLVM). Triton compiles GPU kernels; no test uses it.
+sys.modules.setdefault("triton", None)
+
 import jax  # noqa: E402
 
 # Parity tests compare against PyTorch float32; XLA's CPU default is already full

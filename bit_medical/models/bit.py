@@ -90,11 +90,16 @@ def architecture(name: str) -> Architecture:
 
 def standardize(kernel: Array, eps: float = WS_EPSILON) -> Array:
     """Weight standardisation: zero mean, unit variance per output filter (last axis, HWIO)."""
-    kernel = kernel.astype(jnp.float32)
-    axes = tuple(range(kernel.ndim - 1))
-    mean = jnp.mean(kernel, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(kernel - mean), axis=axes, keepdims=True)
-    return (kernel - mean) * jax.lax.rsqrt(var + eps)
+    flat = kernel.astype(jnp.float32).reshape(-1, kernel.shape[-1])
+    # The per-filter means are written as (1, N) @ (N, O) products: XLA:CPU compiles the
+    # equivalent column reductions (and their gradients) into slow strided loops, which made
+    # a whole R50 train step 3x slower. HIGHEST keeps the statistics in full float32 where
+    # the default would allow TF32 / bfloat16 passes (GPU, TPU).
+    averager = jnp.full((1, flat.shape[0]), 1.0 / flat.shape[0], jnp.float32)
+    mean = jnp.dot(averager, flat, precision=jax.lax.Precision.HIGHEST)
+    centred = flat - mean
+    var = jnp.dot(averager, jnp.square(centred), precision=jax.lax.Precision.HIGHEST)
+    return (centred * jax.lax.rsqrt(var + eps)).reshape(kernel.shape)
 
 
 # PyTorch's default conv init (kaiming_uniform with a=sqrt(5)), i.e. U(-1/sqrt(fan_in), ..).

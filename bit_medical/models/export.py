@@ -46,17 +46,15 @@ def save(directory: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(directory, PARAMS_DIRNAME), host_params, force=True)
     checkpointer.wait_until_finished()
-    with open(os.path.join(directory, META_FILENAME), "w") as f:
-        json.dump({"format": FORMAT, **meta}, f, indent=2)
+    if jax.process_index() == 0:  # every process joins the Orbax save; one writes the JSON
+        with open(os.path.join(directory, META_FILENAME), "w") as f:
+            json.dump({"format": FORMAT, **meta}, f, indent=2)
     return directory
 
 
-def load(directory: str | os.PathLike) -> tuple[dict, dict]:
-    """Reads an export (or a workdir holding ``export/``): returns ``(meta, params)``."""
-    import orbax.checkpoint as ocp
-
-    directory = export_dir(directory)
-    meta_path = os.path.join(directory, META_FILENAME)
+def load_meta(directory: str | os.PathLike) -> dict:
+    """The ``model.json`` of an export (or of a workdir holding ``export/``)."""
+    meta_path = os.path.join(export_dir(directory), META_FILENAME)
     try:
         with open(meta_path) as f:
             meta = json.load(f)
@@ -69,5 +67,14 @@ def load(directory: str | os.PathLike) -> tuple[dict, dict]:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: unknown export format {meta.get('format')!r}, "
                          f"expected {FORMAT!r}")
-    params = ocp.StandardCheckpointer().restore(os.path.join(directory, PARAMS_DIRNAME))
+    return meta
+
+
+def load(directory: str | os.PathLike) -> tuple[dict, dict]:
+    """Reads an export (or a workdir holding ``export/``): returns ``(meta, params)``."""
+    import orbax.checkpoint as ocp
+
+    meta = load_meta(directory)
+    params = ocp.StandardCheckpointer().restore(
+        os.path.join(export_dir(directory), PARAMS_DIRNAME))
     return meta, params

@@ -1,0 +1,425 @@
+"""What the six X-ray builders share: configs, CSV reading, drop counting, the base builder.
+
+A dataset module supplies `_read_records(root)`: the examples of each split
+(everything but the image) and the counts of rows it left out, by reason. The
+base class decodes, crops and resizes the images in a process pool, keeps the
+split's order, and stores the kept / dropped counts in `info.metadata`.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import concurrent.futures
+import concurrent.futures.process
+import csv
+import dataclasses
+import gzip
+import itertools
+import math
+import multiprocessing
+import os
+import sys
+from typing import Iterable, Iterator, Mapping, Optional, Sequence
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline.datasets import imaging
+
+VERSION = tfds.core.Version("1.0.0")
+RELEASE_NOTES = {"1.0.0": "First release."}
+DEFAULT_CONFIG = "512"
+
+# The reference's view lists (builder.py: configs without `views` get PA/AP;
+# the PadChest configs and the 4-way merge list five views).
+VIEWS_PA_AP = ("PA", "AP")
+VIEWS_FIVE = ("PA", "AP", "AP Supine", "L", "COSTAL")
+
+# Split key for rows left out before any split was assigned to them.
+UNASSIGNED = "unassigned"
+
+# Images decoded ahead of the writer per worker: bounds memory, keeps workers busy.
+_WINDOW_PER_WORKER = 16
+
+
+@dataclasses.dataclass(eq=False)
+class XrayConfig(tfds.core.BuilderConfig):
+    """Stored resolution of an X-ray builder.
+
+    Attributes:
+      size: side of the stored square (square_crop) or its shorter side; None keeps
+        the original pixels.
+      square_crop: centre-crop to a square of side min(H, W) before resizing.
+    """
+
+    size: Optional[int] = None
+    square_crop: bool = True
+
+
+def make_configs(square_crop: bool) -> list:
+    """The `full`, `512` and `224` configs, cropping to a square or keeping the aspect."""
+    if square_crop:
+        how = "centre-cropped to a square of side min(H, W), then area-resized to {0}x{0}"
+    else:
+        how = "shorter side area-resized to {0} (aspect ratio kept, no crop)"
+    return [
+        XrayConfig(
+            name="full",
+            size=None,
+            square_crop=square_crop,
+            description="Original pixels (lossless PNG; PNG sources of the right depth copied).",
+        ),
+        XrayConfig(name="512", size=512, square_crop=square_crop, description=how.format(512)),
+        XrayConfig(name="224", size=224, square_crop=square_crop, description=how.format(224)),
+    ]
+
+
+class DropLog:
+    """Counts of images left out, per split and reason (no mutable module state)."""
+
+    def __init__(self):
+        self._counts = collections.defaultdict(collections.Counter)
+
+    def add(self, split: str, reason: str, n: int = 1) -> None:
+        """Counts `n` images of `split` (or UNASSIGNED) left out for `reason`."""
+        if n:
+            self._counts[split][reason] += n
+
+    def as_dict(self) -> dict:
+        """A JSON-ready {split: {reason: count}} copy."""
+        return {split: dict(sorted(c.items())) for split, c in sorted(self._counts.items())}
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One example before its image is read.
+
+    Attributes:
+      key: unique key within its split.
+      image_file: absolute path of the source image.
+      example: every feature but `image` (image_path, view, patient_id, labels/label ...).
+    """
+
+    key: str
+    image_file: str
+    example: Mapping
+
+
+class UnreadableImageError(RuntimeError):
+    """An image could not be decoded and skip_corrupt was off (a missing one raises
+    FileNotFoundError)."""
+
+
+def missing_file_error(dataset: str, path: os.PathLike, instructions: str) -> FileNotFoundError:
+    """A FileNotFoundError naming the missing file and repeating the download instructions."""
+    return FileNotFoundError(
+        f"{dataset}: required file {os.fspath(path)} not found. The manual_dir must be the "
+        f"dataset's own root folder, laid out as follows:\n{instructions}"
+    )
+
+
+def open_text(path: os.PathLike):
+    """Opens a text file for the csv module, decompressing .gz files."""
+    path = os.fspath(path)
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, "r", encoding="utf-8", newline="")
+
+
+def read_csv(
+    path: os.PathLike,
+    columns: Sequence[str],
+    *,
+    dataset: str,
+    instructions: str,
+    optional_columns: Sequence[str] = (),
+) -> list:
+    """Reads the named columns of a CSV (quoted multi-line fields allowed) into dicts.
+
+    Args:
+      path: the .csv or .csv.gz file.
+      columns: the columns to return; each must be in the header.
+      dataset: builder name, for messages.
+      instructions: the manual download instructions, repeated if the file is missing.
+      optional_columns: further columns returned when present ("" when absent).
+
+    Returns:
+      One dict per record, with the requested columns only; a short record gets "".
+
+    Raises:
+      FileNotFoundError: the file is missing.
+      ValueError: a column is missing (naming column and file), or the file is not
+        UTF-8 / not gzip / not CSV (naming the file).
+    """
+    if not os.path.isfile(path):
+        raise missing_file_error(dataset, path, instructions)
+    try:
+        with open_text(path) as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{dataset}: {os.fspath(path)} is empty (expected a header line).")
+            header = [h.strip() for h in header]
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise ValueError(
+                    f"{dataset}: column(s) {missing} missing from {os.fspath(path)}; "
+                    f"its header has {header}."
+                )
+            wanted = list(columns) + [c for c in optional_columns if c in header]
+            positions = [header.index(c) for c in wanted]
+            absent = {c: "" for c in optional_columns if c not in header}
+            rows = []
+            for record in reader:
+                if not record:
+                    continue  # blank line (pandas skips these too)
+                row = {c: (record[p] if p < len(record) else "") for c, p in zip(wanted, positions)}
+                row.update(absent)
+                rows.append(row)
+            return rows
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{dataset}: {os.fspath(path)} is not valid UTF-8 text: {e}") from e
+    except (gzip.BadGzipFile, EOFError, csv.Error) as e:
+        raise ValueError(f"{dataset}: cannot read {os.fspath(path)}: {e}") from e
+
+
+def parse_float(value: str, *, dataset: str, path: os.PathLike, column: str, row: int) -> float:
+    """A CSV cell as pandas reads a numeric column: blank -> NaN; non-numbers are errors."""
+    value = value.strip()
+    if value == "":
+        return math.nan
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(
+            f"{dataset}: {os.fspath(path)} record {row}: column {column!r} holds {value!r}, "
+            "not a number."
+        ) from None
+
+
+def label_vector(values: Iterable[float]) -> np.ndarray:
+    """A float32 label vector."""
+    return np.asarray(list(values), dtype=np.float32)
+
+
+# Worker processes load imaging.py as a stand-alone top-level module. Importing it through
+# the package would run input_pipeline/__init__.py, which imports TensorFlow: ~0.8 GB and
+# several seconds in every worker, for code that needs only numpy and Pillow.
+_WORKER_MODULE = "_bit_medical_xray_imaging"
+_LOAD_WORKER_MODULE = """
+import importlib.util
+import sys
+if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+"""
+
+
+def _worker_module_args() -> tuple:
+    return _LOAD_WORKER_MODULE, {"name": _WORKER_MODULE, "path": imaging.__file__}
+
+
+def _worker_imaging():
+    """The stand-alone copy of `imaging` whose functions and tasks pickle for the workers."""
+    code, scope = _worker_module_args()
+    exec(code, scope)  # noqa: S102 -- fixed code above; registers the module once
+    return sys.modules[_WORKER_MODULE]
+
+
+def _start_pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """Worker processes for `process_image`, each loading only imaging.py (numpy + Pillow)."""
+    # Not plain fork: the parent runs TensorFlow (and maybe JAX) threads, which a fork can
+    # deadlock. forkserver forks from a fresh single-purpose process; spawn elsewhere.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return concurrent.futures.ProcessPoolExecutor(
+        num_workers, mp_context=multiprocessing.get_context(method),
+        initializer=exec, initargs=_worker_module_args())
+
+
+def _iter_results(tasks: Sequence[imaging.ImageTask], pool, window: int) -> Iterator:
+    """process_image over tasks, in order; in `pool` (at most `window` ahead) unless it is None."""
+    if pool is None:
+        for task in tasks:
+            yield imaging.process_image(task)
+        return
+    worker = _worker_imaging()
+    # Tasks are rebuilt as the stand-alone module's class so that they unpickle in the workers.
+    jobs = (worker.ImageTask(**dataclasses.asdict(t)) for t in tasks)
+    pending = collections.deque(
+        pool.submit(worker.process_image, job) for job in itertools.islice(jobs, window))
+    try:
+        while pending:
+            try:
+                result = pending.popleft().result()
+            except concurrent.futures.process.BrokenProcessPool as e:
+                raise RuntimeError(
+                    "Image worker processes died before finishing (see their error above; a main "
+                    "program read from stdin cannot start them); "
+                    "pass num_workers=1 to prepare in this process."
+                ) from e
+            nxt = next(jobs, None)
+            if nxt is not None:
+                pending.append(pool.submit(worker.process_image, nxt))
+            yield result
+    finally:
+        for future in pending:  # stopped early (an error): drop queued work
+            future.cancel()
+
+
+class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base class: a manual-download X-ray dataset stored as grayscale PNG examples.
+
+    Subclasses set the class attributes below and implement `_read_records`.
+    Builder options (also accepted by `tfds.builder(name, **kwargs)`):
+      skip_corrupt: leave out unreadable or missing images and count them
+        (default: stop with an error naming the file).
+      num_workers: processes decoding/resizing images (default os.cpu_count()).
+    """
+
+    VERSION = VERSION
+    RELEASE_NOTES = RELEASE_NOTES
+    DEFAULT_BUILDER_CONFIG_NAME = DEFAULT_CONFIG
+    BITS = 8
+    CHANNEL_RULE = "bgr0"
+    LABEL_NAMES: Optional[tuple] = None  # multi-label sets
+    CLASS_NAMES: Optional[tuple] = None  # single-label sets
+    DEFAULT_VIEWS: tuple = VIEWS_PA_AP
+    DESCRIPTION = ""
+    HOMEPAGE = ""
+    CITATION = ""
+
+    def __init__(self, *, skip_corrupt: bool = False, num_workers: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        if num_workers is not None and num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self._skip_corrupt = bool(skip_corrupt)
+        self._num_workers = num_workers or os.cpu_count() or 1
+        self._pool = None  # started by _worker_pool during preparation only
+        # Pickling rebuilds the builder from _original_state: keep the options there.
+        self._original_state = dict(
+            self._original_state, skip_corrupt=skip_corrupt, num_workers=num_workers
+        )
+
+    def _extra_features(self) -> dict:
+        """Features beyond the common ones (override to add, e.g. COVIDx's source)."""
+        return {}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {
+            "image": tfds.features.Image(
+                shape=(None, None, 1),
+                dtype=np.uint16 if self.BITS == 16 else np.uint8,
+                encoding_format="png",
+            ),
+            "image_path": tfds.features.Text(),
+            "view": tfds.features.Text(),
+            "patient_id": tfds.features.Text(),
+        }
+        metadata = {"default_views": list(self.DEFAULT_VIEWS), "kept": {}, "dropped": {}}
+        if self.LABEL_NAMES is not None:
+            features["labels"] = tfds.features.Tensor(
+                shape=(len(self.LABEL_NAMES),), dtype=np.float32
+            )
+            metadata["label_names"] = list(self.LABEL_NAMES)
+        if self.CLASS_NAMES is not None:
+            features["label"] = tfds.features.ClassLabel(names=list(self.CLASS_NAMES))
+            metadata["label_names"] = list(self.CLASS_NAMES)
+        features.update(self._extra_features())
+        return self.dataset_info_from_configs(
+            description=self.DESCRIPTION,
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=None,
+            homepage=self.HOMEPAGE,
+            citation=self.CITATION,
+            metadata=tfds.core.MetadataDict(metadata),
+        )
+
+    @abc.abstractmethod
+    def _read_records(self, root: str) -> tuple:
+        """Reads the dataset's files under root.
+
+        Returns:
+          ({split: [Record, ...]}, DropLog) with the rows left out before any image
+          is read.
+        """
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        # One worker pool serves every split; it is shut down however generation ends.
+        self._pool = None
+        try:
+            return super()._download_and_prepare(dl_manager, download_config)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _worker_pool(self, n_tasks: int):
+        """The shared process pool, started on first use; None when one process is enough."""
+        if self._num_workers <= 1 or n_tasks <= 1:
+            return self._pool
+        if self._pool is None:
+            self._pool = _start_pool(self._num_workers)
+        return self._pool
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        root = os.fspath(dl_manager.manual_dir)
+        splits, drops = self._read_records(root)
+        self.info.metadata["dropped"] = drops.as_dict()
+        self.info.metadata["kept"] = {}
+        empty = [split for split, records in splits.items() if not records]
+        for split in empty:
+            # TFDS cannot write a split without examples; say so instead of failing later.
+            logging.warning("%s: split %r has no images after the row filters; it is not written.",
+                            self.name, split)
+            self.info.metadata["kept"][split] = 0
+        return {
+            split: self._generate_examples(split, records, drops)
+            for split, records in splits.items() if records
+        }
+
+    def _generate_examples(self, split: str, records: Sequence[Record], drops: DropLog):
+        size = self.builder_config.size
+        tasks = [
+            imaging.ImageTask(
+                path=r.image_file,
+                bits=self.BITS,
+                channel_rule=self.CHANNEL_RULE,
+                size=size,
+                square_crop=self.builder_config.square_crop,
+            )
+            for r in records
+        ]
+        kept = 0
+        low_bit_depth = 0
+        results = _iter_results(tasks, self._worker_pool(len(tasks)),
+                                self._num_workers * _WINDOW_PER_WORKER)
+        for record, result in zip(records, results):
+            if result.error_kind is not None:
+                if not self._skip_corrupt:
+                    missing = result.error_kind == "missing file"
+                    exc = FileNotFoundError if missing else UnreadableImageError
+                    raise exc(
+                        f"{self.name}: {result.error_kind} {record.image_file} ({result.message}). "
+                        "Pass skip_corrupt=True to leave such images out and count them."
+                    )
+                logging.warning("%s: leaving out %s: %s (%s)", self.name, record.image_file,
+                                result.error_kind, result.message)
+                drops.add(split, result.error_kind)
+                continue
+            kept += 1
+            low_bit_depth += result.low_bit_depth
+            yield record.key, dict(record.example, image=result.png)
+        # The generator is exhausted before TFDS writes dataset_info, so these persist.
+        self.info.metadata["kept"][split] = kept
+        self.info.metadata["dropped"] = drops.as_dict()
+        if low_bit_depth:
+            self.info.metadata.setdefault("low_bit_depth_images", {})[split] = low_bit_depth
+            logging.warning("%s/%s: %d 8-bit images stored with their raw values (0..255) in a "
+                            "16-bit dataset, as the reference reads them.", self.name, split,
+                            low_bit_depth)
+        logging.info("%s/%s (%s): kept %d images; left out: %s", self.name, split,
+                     self.builder_config.name, kept, drops.as_dict())

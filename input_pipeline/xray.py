@@ -1,0 +1,537 @@
+"""Chest X-ray sources: reading, view filtering, merging, and the X-ray preprocessing.
+
+The TFDS builders in `input_pipeline.datasets` keep every image of a dataset; this module
+turns one builder split, or the union of several, into the stream the reference trains on:
+
+* **Views.** Rows whose `view` is not in the view list are dropped before anything else.
+  The default list is the reference's: `PA`/`AP` for every single-source config except
+  PadChest and for the CheXpert+MIMIC(+NIH) merges; the five-view list
+  (`PA, AP, AP Supine, L, COSTAL`) for PadChest and for any union that contains it (the
+  reference's four-way merge). The same list applies to every merged source, as in the
+  reference (so the four-way merge keeps CheXpert laterals, `L`, but not MIMIC's, which are
+  called `LATERAL`). COVIDx and Tuberculosis have no view filter in the reference.
+* **Labels.** One source keeps its own label names in its own order. Several sources keep
+  the sorted intersection of their names, each source's label vector re-indexed to it (the
+  reference's `merge` type; 7 labels for CheXpert+MIMIC+NIH(+PadChest)). `label_set=
+  'chexpert_mimic_13'` is the reference's `chexpert_mimic` type: all 13 CheXpert labels in
+  their native order (Effusion in slot 8), no intersection, the sources concatenated as
+  [MIMIC, CheXpert] whatever order they are given in, as the reference does.
+* **Splits.** `'train'` is each builder's train split. `'validation'` (or `'val'`) is the
+  split the reference evaluates each source on (`REFERENCE_EVAL_SPLIT`: NIH's `test_list`,
+  MIMIC's `validate`, CheXpert's `valid.csv`, ...). Any other split name (`'test'`) is passed
+  through and must exist in every source. TFDS slices work on either (`'train[:10%]'`).
+* **Preprocessing** (`preprocess_eval`, `preprocess_train`) reproduces the reference's
+  torchxrayvision + albumentations 0.5.2 transform in TensorFlow ops: centre crop to a
+  square (txv's offsets), area resize, the ShiftScaleRotate + horizontal flip augmentation
+  with stateless randomness, grey to 3 channels, `(x - 0.5) / 0.5`.
+
+Images stay encoded until `decode`, so shuffling and few-shot selection on the returned
+dataset are cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import types
+from typing import Mapping, Sequence
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+XRAY_DATASETS = frozenset(
+    {"chexpert_v1", "mimic_cxr_jpg", "nih_chest_xray14", "padchest", "covidx_cxr2",
+     "tuberculosis_cxr"}
+)
+MULTILABEL_SOURCES = ("chexpert_v1", "mimic_cxr_jpg", "nih_chest_xray14", "padchest")
+SINGLE_LABEL_SOURCES = ("covidx_cxr2", "tuberculosis_cxr")
+
+# The reference sorts each observation list, then renames "Pleural Effusion" to "Effusion" in
+# place, so Effusion sits in sorted slot 8 of the CheXpert/MIMIC order.
+_CHEXPERT_MIMIC_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
+    "Fracture", "Lung Lesion", "Lung Opacity", "Effusion", "Pleural Other", "Pneumonia",
+    "Pneumothorax", "Support Devices",
+)
+_NIH_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
+    "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
+)
+_PADCHEST_LABELS = (
+    "Air Trapping", "Aortic Atheromatosis", "Aortic Elongation", "Atelectasis", "Bronchiectasis",
+    "Cardiomegaly", "Consolidation", "Costophrenic Angle Blunting", "Edema", "Effusion",
+    "Emphysema", "Fibrosis", "Flattened Diaphragm", "Fracture", "Granuloma",
+    "Hemidiaphragm Elevation", "Hernia", "Hilar Enlargement", "Infiltration", "Mass", "Nodule",
+    "Pleural_Thickening", "Pneumonia", "Pneumothorax", "Scoliosis", "Support Devices",
+    "Tuberculosis",
+)
+# Label (or class) names of each source in the order its builder stores them.
+SOURCE_LABEL_NAMES: Mapping[str, tuple[str, ...]] = types.MappingProxyType({
+    "chexpert_v1": _CHEXPERT_MIMIC_LABELS,
+    "mimic_cxr_jpg": _CHEXPERT_MIMIC_LABELS,
+    "nih_chest_xray14": _NIH_LABELS,
+    "padchest": _PADCHEST_LABELS,
+    "covidx_cxr2": ("negative", "positive"),
+    "tuberculosis_cxr": ("normal", "tuberculosis"),
+})
+
+PA_AP = ("PA", "AP")
+FIVE_VIEWS = ("PA", "AP", "AP Supine", "L", "COSTAL")
+# The reference's default view list when each source is used alone (configs/*.yaml).
+DEFAULT_VIEWS: Mapping[str, tuple[str, ...]] = types.MappingProxyType({
+    "chexpert_v1": PA_AP,
+    "mimic_cxr_jpg": PA_AP,
+    "nih_chest_xray14": PA_AP,
+    "padchest": FIVE_VIEWS,
+})
+
+LABEL_SETS = ("intersection", "chexpert_mimic_13")
+# The split the reference evaluates each source on ("val"): builders name splits after the
+# files they come from, so NIH's test_list.txt is "test" and MIMIC's "validate" "validation".
+REFERENCE_EVAL_SPLIT: Mapping[str, str] = types.MappingProxyType({
+    "chexpert_v1": "validation",
+    "mimic_cxr_jpg": "validation",
+    "nih_chest_xray14": "test",
+    "padchest": "validation",
+    "covidx_cxr2": "test",
+    "tuberculosis_cxr": "test",
+})
+_EVAL_SPLIT_ALIASES = ("validation", "val")
+
+# albumentations ShiftScaleRotate(shift_limit=0.25, scale_limit=0.1, rotate_limit=45, p=1)
+# followed by HorizontalFlip(p=0.5), the reference's `cohen_chexpert_aug`.
+SHIFT_LIMIT = 0.25
+SCALE_LIMIT = 0.1
+ROTATE_LIMIT = 45.0
+FLIP_PROBABILITY = 0.5
+
+
+@dataclasses.dataclass
+class XraySource:
+    """One X-ray source, or the union of several, ready for the generic pipeline.
+
+    Attributes:
+      dataset: examples `{'image': tf.string (encoded PNG/JPEG bytes), 'label': ...}`; the
+        label is float32 [C] with NaN = unknown for multi-label sources, int64 otherwise.
+      label_names: the C label names (multi-label) or the class names.
+      multilabel: whether labels are multi-hot vectors.
+      num_examples: exact number of examples in `dataset` (after the view filter).
+    """
+
+    dataset: tf.data.Dataset
+    label_names: list[str]
+    multilabel: bool
+    num_examples: int
+
+
+# ----------------------------------------------------------------------------- names and labels
+
+
+def _check_names(names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(names, str):
+        raise TypeError(f"names must be a sequence of dataset names, not the string {names!r}")
+    names = tuple(names)
+    if not names:
+        raise ValueError(f"no X-ray dataset named; valid names: {sorted(XRAY_DATASETS)}")
+    unknown = [n for n in names if n not in XRAY_DATASETS]
+    if unknown:
+        raise ValueError(
+            f"unknown X-ray dataset(s) {unknown}; valid names: {sorted(XRAY_DATASETS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a dataset is named twice in {list(names)}")
+    if len(names) > 1:
+        single = [n for n in names if n not in MULTILABEL_SOURCES]
+        if single:
+            raise ValueError(
+                f"only multi-label sources {list(MULTILABEL_SOURCES)} can be merged; "
+                f"{single} cannot be merged with other datasets")
+    return names
+
+
+def merge_order(names: Sequence[str], label_set: str = "intersection") -> tuple[str, ...]:
+    """The order in which the sources are concatenated.
+
+    The given order, except for `label_set='chexpert_mimic_13'`, where the reference builds
+    `Merge([mimic, chexpert])`.
+    """
+    names = _check_names(names)
+    if label_set not in LABEL_SETS:
+        raise ValueError(f"unknown label_set {label_set!r}; valid: {list(LABEL_SETS)}")
+    if label_set == "chexpert_mimic_13":
+        if set(names) != {"chexpert_v1", "mimic_cxr_jpg"}:
+            raise ValueError(
+                "label_set='chexpert_mimic_13' (the reference's 'chexpert_mimic' type) needs "
+                f"exactly ['chexpert_v1', 'mimic_cxr_jpg'], got {list(names)}")
+        return ("mimic_cxr_jpg", "chexpert_v1")
+    return names
+
+
+def label_names(names: Sequence[str], label_set: str = "intersection") -> list[str]:
+    """Label names of one source or of the union of several.
+
+    One source: its own names in its own order. Several: the sorted intersection of their
+    names (the reference's `merge`), or with `label_set='chexpert_mimic_13'` (CheXpert and
+    MIMIC only) the 13 CheXpert labels in their native order.
+    """
+    order = merge_order(names, label_set)
+    if len(order) == 1 or label_set == "chexpert_mimic_13":
+        return list(SOURCE_LABEL_NAMES[order[0]])
+    shared = set(SOURCE_LABEL_NAMES[order[0]])
+    for name in order[1:]:
+        shared &= set(SOURCE_LABEL_NAMES[name])
+    return sorted(shared)
+
+
+def label_indices(names: Sequence[str], label_set: str = "intersection") -> dict[str, list[int]]:
+    """For each source, the positions in its own label vector of the merged label names."""
+    merged = label_names(names, label_set)
+    return {name: [SOURCE_LABEL_NAMES[name].index(label) for label in merged]
+            for name in merge_order(names, label_set)}
+
+
+def default_views(names: Sequence[str]) -> tuple[str, ...] | None:
+    """The reference's default view list for this combination of sources.
+
+    The five-view list when PadChest is among them (PadChest configs and the four-way
+    merge), `PA`/`AP` for other multi-label combinations, and None (no filter) for COVIDx
+    and Tuberculosis, which the reference never filters by view.
+    """
+    names = _check_names(names)
+    if any(n in SINGLE_LABEL_SOURCES for n in names):
+        return None
+    if "padchest" in names:
+        return FIVE_VIEWS
+    return PA_AP
+
+
+# ----------------------------------------------------------------------------- splits
+
+_SPLIT_PART = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(\[[^\]]*\])?\s*$")
+
+
+def resolve_split(name: str, split: str, available: Sequence[str]) -> str:
+    """Translate a split string for one source into its builder's split names.
+
+    `'validation'`/`'val'` become the split the reference evaluates `name` on; other names
+    pass through. '+'-joined parts and TFDS slices are kept. Raises ValueError naming the
+    dataset and its available splits when a part does not exist.
+    """
+    parts = []
+    for part in split.split("+"):
+        match = _SPLIT_PART.match(part)
+        if not match:
+            raise ValueError(f"cannot parse split {split!r} for {name} (expected e.g. 'train', "
+                             f"'validation', 'train[:10%]')")
+        base, slice_ = match.group(1), match.group(2) or ""
+        if base in _EVAL_SPLIT_ALIASES:
+            base = REFERENCE_EVAL_SPLIT[name]
+        if base not in available:
+            raise ValueError(
+                f"split {split!r}: {name} has no split {base!r}; available splits: "
+                f"{sorted(available)} ('validation' means {REFERENCE_EVAL_SPLIT[name]!r} "
+                f"for {name})")
+        parts.append(base + slice_)
+    return "+".join(parts)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _view_filter(views: Sequence[str]):
+    allowed = tf.constant(list(views), dtype=tf.string)
+
+    def keep(example):
+        return tf.reduce_any(tf.equal(example["view"], allowed))
+
+    return keep
+
+
+def select(examples: tf.data.Dataset, *, views: Sequence[str] | None,
+           indices: Sequence[int] | None) -> tf.data.Dataset:
+    """Filter builder examples by view and reduce them to `{'image', 'label'}`.
+
+    Args:
+      examples: a builder's examples with `image` (encoded bytes), `view` and `labels`
+        (float32 [C], NaN = unknown) or `label` (int).
+      views: keep examples whose `view` is one of these; None keeps all.
+      indices: positions of the kept labels in `labels` (multi-label sources); None for
+        single-label sources, whose `label` is passed through as int64.
+    """
+    if views is not None:
+        examples = examples.filter(_view_filter(views))
+    if indices is None:
+        def to_output(example):
+            return {"image": example["image"], "label": tf.cast(example["label"], tf.int64)}
+    else:
+        index = tf.constant(list(indices), dtype=tf.int32)
+
+        def to_output(example):
+            labels = tf.cast(example["labels"], tf.float32)
+            return {"image": example["image"], "label": tf.gather(labels, index)}
+    return examples.map(to_output, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _check_views(views) -> tuple[str, ...]:
+    if isinstance(views, (str, bytes)):
+        raise TypeError(f"views must be a sequence of view names, not the string {views!r}")
+    views = tuple(views)
+    if not views:
+        raise ValueError("views is empty: no example would be kept")
+    bad = [v for v in views if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"view names must be strings, got {bad}")
+    return views
+
+
+def _load_builder(name: str, data_dir, builder_config: str):
+    import input_pipeline.datasets  # noqa: F401  (registers the X-ray builders)
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, config=builder_config)
+    except ValueError as err:
+        raise ValueError(f"cannot load builder {name!r} with config {builder_config!r} "
+                         f"(data_dir={data_dir!r}): {err}") from err
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"{name} (config {builder_config!r}) is not prepared in data_dir={data_dir!r} "
+            f"(looked in {builder.data_dir}); prepare it first with "
+            f"input_pipeline.datasets.prepare({name!r}, manual_dir=..., data_dir=..., "
+            f"config={builder_config!r}) or `bit-medical prepare {name}`")
+    return builder
+
+
+def _builder_label_names(builder, name: str) -> list[str]:
+    if name in MULTILABEL_SOURCES:
+        stored = builder.info.metadata.get("label_names") if builder.info.metadata else None
+        if stored is None:
+            raise ValueError(f"{name}: builder metadata has no 'label_names' "
+                             f"(data in {builder.data_dir})")
+    else:
+        stored = builder.info.features["label"].names
+    return list(stored)
+
+
+def _count(examples: tf.data.Dataset) -> int:
+    # Batching first keeps the per-element overhead of the counting pass low.
+    def add(n, batch):
+        return n + tf.shape(batch["view"], out_type=tf.int64)[0]
+
+    return int(examples.batch(4096).reduce(tf.constant(0, tf.int64), add))
+
+
+def _views_present(examples: tf.data.Dataset) -> list[str]:
+    present = examples.map(lambda ex: ex["view"]).unique()
+    return sorted(v.decode("utf-8", "replace") for v in present.as_numpy_iterator())
+
+
+def _count_kept(builder, name: str, split: str, views) -> int:
+    if views is None:
+        return int(builder.info.splits[split].num_examples)
+    only_views = builder.as_dataset(
+        split=split, shuffle_files=False,
+        decoders=tfds.decode.PartialDecoding({"view": True}))
+    kept = _count(only_views.filter(_view_filter(views)))
+    if kept == 0:
+        raise ValueError(
+            f"{name} split {split!r}: no example has a view in {list(views)}; views present: "
+            f"{_views_present(only_views)}")
+    return kept
+
+
+def read(names: Sequence[str], split: str, *, data_dir: str | None = None,
+         views: Sequence[str] | None = None, label_set: str = "intersection",
+         builder_config: str = "512") -> XraySource:
+    """Read one X-ray source, or the union of several, as encoded images and labels.
+
+    Args:
+      names: builder names from `XRAY_DATASETS`; several multi-label sources are merged.
+      split: 'train', 'validation' (= the split the reference evaluates each source on, see
+        `REFERENCE_EVAL_SPLIT`), or another split every source has; TFDS slices allowed.
+      data_dir: TFDS data_dir holding the prepared builders.
+      views: views to keep (applied to every source); None = `default_views(names)`.
+      label_set: 'intersection' or 'chexpert_mimic_13' (see `label_names`).
+      builder_config: the builders' stored resolution ('full', '512', '224').
+
+    Returns:
+      An `XraySource`; images are not decoded (see `decode`).
+    """
+    order = merge_order(names, label_set)
+    if views is None:
+        views = default_views(order)
+    else:
+        views = _check_views(views)
+        if any(n in SINGLE_LABEL_SOURCES for n in order):
+            # Their builders store a placeholder view ('PA' or ''), which the reference
+            # never filters on: an explicit list would silently drop images.
+            raise ValueError(f"{list(order)} have no view filter in the reference; pass views=None")
+    merged_names = label_names(order, label_set)
+    indices = label_indices(order, label_set)
+    multilabel = order[0] in MULTILABEL_SOURCES
+
+    datasets, total = [], 0
+    for name in order:
+        builder = _load_builder(name, data_dir, builder_config)
+        stored = _builder_label_names(builder, name)
+        if stored != list(SOURCE_LABEL_NAMES[name]):
+            raise ValueError(f"{name}: the builder's label names {stored} differ from the "
+                             f"reference order {list(SOURCE_LABEL_NAMES[name])}")
+        source_split = resolve_split(name, split, list(builder.info.splits.keys()))
+        total += _count_kept(builder, name, source_split, views)
+        examples = builder.as_dataset(
+            split=source_split, shuffle_files=False,
+            decoders={"image": tfds.decode.SkipDecoding()})
+        datasets.append(
+            select(examples, views=views, indices=indices[name] if multilabel else None))
+    dataset = functools.reduce(lambda a, b: a.concatenate(b), datasets)
+    return XraySource(dataset=dataset, label_names=merged_names, multilabel=multilabel,
+                      num_examples=total)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def decode(encoded: tf.Tensor) -> tf.Tensor:
+    """Decode PNG or JPEG bytes to float32 [H, W, 1] in [0, 1].
+
+    8-bit images are divided by 255 and 16-bit PNGs (PadChest) by 65535, as the reference
+    reads them. JPEGs use libjpeg's accurate integer DCT, which gives the same pixels as the
+    reference's cv2.imread (TF's default fast DCT differs by up to 4 grey levels). A colour
+    image is reduced to one channel by TF's decoder (luminance); the builders store grey
+    images, so this only matters for foreign inputs.
+    """
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+
+    def jpeg():
+        pixels = tf.io.decode_jpeg(encoded, channels=1, dct_method="INTEGER_ACCURATE")
+        return tf.cast(pixels, tf.float32) / 255.0
+
+    def other():
+        # PNG: decoded at 16 bits (8-bit values are expanded by 257) and scaled by 1/65535.
+        return tf.io.decode_image(encoded, channels=1, dtype=tf.float32, expand_animations=False)
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    image.set_shape([None, None, 1])
+    return image
+
+
+def center_crop_square(image: tf.Tensor) -> tf.Tensor:
+    """Crop [H, W, C] to a centred square of side min(H, W).
+
+    Offsets as torchxrayvision's XRayCenterCrop: `H // 2 - side // 2`, which differs by one
+    pixel from `(H - side) // 2` when H is even and side odd.
+    """
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    side = tf.minimum(height, width)
+    top = height // 2 - side // 2
+    left = width // 2 - side // 2
+    return image[top:top + side, left:left + side, :]
+
+
+def _crop_and_resize(image01: tf.Tensor, size: int) -> tf.Tensor:
+    image01 = tf.convert_to_tensor(image01, tf.float32)
+    if image01.shape.rank != 3 or image01.shape[-1] not in (1, None):
+        raise ValueError(f"expected a grey image [H, W, 1], got shape {image01.shape}")
+    square = center_crop_square(image01)
+    # TF's area resize is the exact pixel-area average, as cv2.INTER_AREA (also upwards).
+    return tf.image.resize(square, [size, size], method="area")
+
+
+def _to_model_input(image01: tf.Tensor, size: int) -> tf.Tensor:
+    image = tf.tile((image01 - 0.5) / 0.5, [1, 1, 3])
+    image.set_shape([size, size, 3])
+    return image
+
+
+def preprocess_eval(image01: tf.Tensor, size: int = 224) -> tf.Tensor:
+    """The reference's X-ray transform: [H, W, 1] in [0, 1] -> float32 [size, size, 3] in [-1, 1].
+
+    Centre crop to a square, area resize to `size`, (x - 0.5) / 0.5, grey repeated 3 times.
+    """
+    return _to_model_input(_crop_and_resize(image01, size), size)
+
+
+def sample_augmentation(seed: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Draw the augmentation parameters from a stateless seed (int tensor of shape [2]).
+
+    As albumentations 0.5.2's ShiftScaleRotate(0.25, 0.1, 45) + HorizontalFlip(0.5), each
+    uniform: angle in [-45, 45] degrees, scale in [0.9, 1.1], dx and dy in [-0.25, 0.25]
+    (fractions of width and height), flip with probability 0.5.
+    """
+    u = tf.random.stateless_uniform([5], seed=seed, dtype=tf.float32)
+    return {
+        "angle": ROTATE_LIMIT * (2.0 * u[0] - 1.0),
+        "scale": 1.0 + SCALE_LIMIT * (2.0 * u[1] - 1.0),
+        "dx": SHIFT_LIMIT * (2.0 * u[2] - 1.0),
+        "dy": SHIFT_LIMIT * (2.0 * u[3] - 1.0),
+        "flip": u[4] < FLIP_PROBABILITY,
+    }
+
+
+def shift_scale_rotate(image: tf.Tensor, angle, scale, dx, dy) -> tf.Tensor:
+    """albumentations 0.5.2's ShiftScaleRotate for fixed parameters, on [H, W, C] float32.
+
+    The forward map is cv2.getRotationMatrix2D((W / 2, H / 2), angle, scale) (angle in
+    degrees, counter-clockwise) with (dx * W, dy * H) added to its translation, applied as
+    cv2.warpAffine does (bilinear, pixel centres on integer coordinates, BORDER_REFLECT_101).
+    ImageProjectiveTransformV3 wants the output -> input map, so the affine is inverted.
+    TF's own REFLECT fill repeats the edge pixel (cv2's BORDER_REFLECT), so the image is
+    first padded by reflection without the edge (tf.pad REFLECT = BORDER_REFLECT_101) by
+    H - 1 / W - 1 pixels, which covers every sample point this augmentation's ranges reach
+    (at most ~0.68 of a side beyond the border); only farther points fall back to TF's fill.
+    albumentations >= 1.4 rotates about (W / 2 - 0.5, H / 2 - 0.5); the reference pins 0.5.2.
+    """
+    image = tf.convert_to_tensor(image, tf.float32)
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
+    theta = tf.cast(angle, tf.float64) * (math.pi / 180.0)
+    scale = tf.cast(scale, tf.float64)
+    a = scale * tf.cos(theta)
+    b = scale * tf.sin(theta)
+    cx, cy = w / 2.0, h / 2.0
+    tx = (1.0 - a) * cx - b * cy + tf.cast(dx, tf.float64) * w
+    ty = b * cx + (1.0 - a) * cy + tf.cast(dy, tf.float64) * h
+    # Forward: [x', y'] = [[a, b], [-b, a]] [x, y] + [tx, ty]; invert the rotation-scale.
+    det = a * a + b * b
+    i00, i01, i10, i11 = a / det, -b / det, b / det, a / det
+    pad_y, pad_x = height - 1, width - 1
+    offset_x = -(i00 * tx + i01 * ty) + tf.cast(pad_x, tf.float64)
+    offset_y = -(i10 * tx + i11 * ty) + tf.cast(pad_y, tf.float64)
+    zero = tf.constant(0.0, tf.float64)
+    transform = tf.cast(tf.stack([i00, i01, offset_x, i10, i11, offset_y, zero, zero]), tf.float32)
+    padded = tf.pad(image, [[pad_y, pad_y], [pad_x, pad_x], [0, 0]], mode="REFLECT")
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=padded[tf.newaxis], transforms=transform[tf.newaxis],
+        output_shape=tf.stack([height, width]), fill_value=tf.constant(0.0, tf.float32),
+        interpolation="BILINEAR", fill_mode="REFLECT")
+    warped = warped[0]
+    warped.set_shape(image.shape)
+    return warped
+
+
+def preprocess_train(image01: tf.Tensor, seed: tf.Tensor, size: int = 224) -> tf.Tensor:
+    """`preprocess_eval` plus the reference's augmentation, keyed by a stateless seed.
+
+    Crop and resize as in evaluation, then ShiftScaleRotate (p=1) and a horizontal flip
+    (p=0.5) with parameters from `sample_augmentation(seed)`, then normalise and repeat the
+    grey plane. The reference normalises before augmenting; bilinear interpolation and
+    reflection are affine-equivariant, so the order does not change the result.
+    """
+    image = _crop_and_resize(image01, size)
+    params = sample_augmentation(seed)
+    image = shift_scale_rotate(image, params["angle"], params["scale"], params["dx"], params["dy"])
+    image = tf.where(params["flip"], tf.reverse(image, axis=[1]), image)
+    return _to_model_input(image, size)
+
+
+__all__ = [
+    "XRAY_DATASETS", "MULTILABEL_SOURCES", "SINGLE_LABEL_SOURCES", "SOURCE_LABEL_NAMES",
+    "DEFAULT_VIEWS", "PA_AP", "FIVE_VIEWS", "LABEL_SETS", "REFERENCE_EVAL_SPLIT",
+    "XraySource", "label_names", "label_indices", "merge_order", "default_views",
+    "resolve_split", "select", "read", "decode", "center_crop_square", "preprocess_eval",
+    "preprocess_train", "sample_augmentation", "shift_scale_rotate",
+]
