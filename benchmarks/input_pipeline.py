@@ -2,33 +2,46 @@
 
     python benchmarks/input_pipeline.py                       # 512 images, batch 32, 2 workers
     python benchmarks/input_pipeline.py --images 1024 --batch 64 --workers 4 --batches 30
+    python benchmarks/input_pipeline.py --stages              # also time ours' per-image stages
 
 Writes `--images` JPEGs of Pets-like size (about 500x375, structured content so the files have a
 realistic size) into a temporary class-per-folder tree, then in one run times, with the same
 number of workers:
 
-1. this project: ``input_pipeline.get_datasets`` on the folder (``image_folder`` source, ``bit``
-   preprocessing 512 -> random crop 480 + flip, `--norm`), tf.data thread pool of `--workers`
-   threads, one op thread each;
-2. the reference: torchvision ``ImageFolder`` + ``DataLoader(num_workers=--workers)`` with the
+1. the reference: torchvision ``ImageFolder`` + ``DataLoader(num_workers=--workers)`` with the
    reference's transforms (``Resize(512), RandomCrop(480), RandomHorizontalFlip(), ToTensor(),
-   Normalize(mean, std)``, the same mean/std as `--norm`), worker processes started with
-   forkserver as the reference does;
-3. JPEG decode only of the same files through tf.data with the same threads (the same libjpeg
-   and DCT as (1)): the floor no pipeline beats.
+   Normalize(mean, std)``, the mean/std of `--norm`), persistent forkserver workers, no pinned
+   memory (a CPU-only measurement); it delivers normalised float32 batches;
+2. this project: ``input_pipeline.get_datasets`` on the folder (``image_folder`` source, ``bit``
+   preprocessing 512 -> random crop 480 + flip), tf.data thread pool of `--workers` threads, one
+   op thread each; it delivers uint8 batches, which the train step normalises on the device
+   (``input_pipeline.model_input``, a fused multiply-add there);
+3. JPEG decode only: full decode of the same files through tf.data with the same threads (the
+   same libjpeg and DCT as (2)): the floor no pipeline beats.
 
-Each is warmed up (`--warmup` batches) and then timed over `--batches` batches; it prints
-images/s and the ratios (goal on a 2-core machine: ours >= 4x torchvision, and ours' time per
-image <= 1.5x the decode-only time).
+Each pipeline runs alone (the others' workers stopped), `--rounds` times in turns; each time it is
+warmed up (`--warmup` batches) and timed over `--batches` batches. It prints each pipeline's best
+rate (images/s, the rounds' rates listed) and the ratios of the best rates (goal on a 2-core
+machine: ours >= 4x torchvision, and ours' time per image <= 1.5x the decode-only time), with the
+machine's load average before and after. On a shared machine the rates follow the CPU time other
+processes leave, so it also prints the CPU time per image (this process, its threads and its
+worker processes; median of the rounds) and the ratios by CPU time, which depend far less on
+the load. `--stages` adds ours' per-image work alone, same threads, no batching:
+decoding the crop's window, then also resizing it to 480x480 and rounding to uint8; the second
+is the floor of this preprocessing in TensorFlow ops.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import gc
 import os
 import sys
 import tempfile
 import time
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -44,110 +57,217 @@ NORM_STATS = {"bit": ((0.5,) * 3, (0.5,) * 3),
 
 
 def write_images(root: str, n: int, seed: int = 0) -> None:
-  """n JPEGs (quality 90) of about 500x375 in 4 class folders: gradients, shapes and noise."""
-  rng = np.random.default_rng(seed)
-  for i in range(n):
-    h, w = (375, 500) if i % 3 else (500, 375)     # a third in portrait, as photo sets have
-    h, w = h + int(rng.integers(-20, 21)), w + int(rng.integers(-20, 21))
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([np.sin(x / rng.uniform(8, 40) + c) * np.cos(y / rng.uniform(8, 40)) for c in range(3)], -1)
-    img = img * 60 + rng.uniform(60, 190, 3)
-    for _ in range(6):   # a few flat blobs give edges, as objects do
-      cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(20, 120)
-      img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    img += rng.normal(0, 6, img.shape)
-    folder = os.path.join(root, f"class{i % 4}")
-    os.makedirs(folder, exist_ok=True)
-    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+    """n JPEGs (quality 90) of about 500x375 in 4 class folders: gradients, shapes and noise."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        h, w = (375, 500) if i % 3 else (500, 375)     # a third in portrait, as photo sets have
+        h, w = h + int(rng.integers(-20, 21)), w + int(rng.integers(-20, 21))
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        img = np.stack([np.sin(x / rng.uniform(8, 40) + c) * np.cos(y / rng.uniform(8, 40)) for c in range(3)], -1)
+        img = img * 60 + rng.uniform(60, 190, 3)
+        for _ in range(6):   # a few flat blobs give edges, as objects do
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(20, 120)
+            img[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+        img += rng.normal(0, 6, img.shape)
+        folder = os.path.join(root, f"class{i % 4}")
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
 
 
-def _timed(iterator, warmup: int, batches: int, batch: int) -> float:
-  """Images/s of `iterator` over `batches` batches after `warmup` ones."""
-  for _ in range(warmup):
-    next(iterator)
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(iterator)
-  return batches * batch / (time.perf_counter() - start)
+def _cpu_seconds() -> float:
+    """CPU time (user + system) so far of this process and its live descendants (Linux /proc).
+
+    The descendants include the DataLoader's workers, which are children of the forkserver.
+    """
+    total = time.process_time()
+    children = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:   # it ended meanwhile
+                continue
+            children[int(fields[1])].append((int(entry), fields))   # by parent pid
+    ticks, stack = os.sysconf("SC_CLK_TCK"), [os.getpid()]
+    while stack:
+        for pid, fields in children.get(stack.pop(), []):
+            total += (int(fields[11]) + int(fields[12])) / ticks    # utime + stime
+            stack.append(pid)
+    return total
 
 
-def torchvision_rate(root: str, args) -> float:
-  import torch  # pylint: disable=g-import-not-at-top
-  import torchvision.transforms as T  # pylint: disable=g-import-not-at-top
-  from torchvision.datasets import ImageFolder  # pylint: disable=g-import-not-at-top
-
-  transform = T.Compose([T.Resize(512), T.RandomCrop((480, 480)), T.RandomHorizontalFlip(), T.ToTensor(),
-                         T.Normalize(*NORM_STATS[args.norm])])
-  loader = torch.utils.data.DataLoader(
-      ImageFolder(root, transform=transform), batch_size=args.batch, shuffle=True, drop_last=True,
-      num_workers=args.workers, multiprocessing_context="forkserver", persistent_workers=True)
-
-  def forever():
-    while True:
-      yield from loader
-
-  return _timed(forever(), args.warmup, args.batches, args.batch)
+def _timed(iterator, warmup: int, batches: int, batch: int) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of `iterator` over `batches` batches after `warmup` ones."""
+    for _ in range(warmup):
+        next(iterator)
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    for _ in range(batches):
+        next(iterator)
+    images = batches * batch
+    return images / (time.perf_counter() - start), 1000 * (_cpu_seconds() - cpu) / images
 
 
-def ours_rate(root: str, args) -> tuple[float, float]:
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  import input_pipeline  # pylint: disable=g-import-not-at-top
+@contextlib.contextmanager
+def torchvision_batches(root: str, args) -> Iterator:
+    import torch  # pylint: disable=g-import-not-at-top
+    import torchvision.transforms as T  # pylint: disable=g-import-not-at-top
+    from torchvision.datasets import ImageFolder  # pylint: disable=g-import-not-at-top
 
-  config = ml_collections.ConfigDict(dict(
-      seed=0, batch_size=args.batch, eval_batch_size=args.batch,
-      data=dict(name="image_folder", train_dir=root, val_dir="", shots=0, oversample=False, valid_ratio=0.0,
-                skip_corrupt=False, shuffle_buffer=1000),
-      pp=dict(kind="bit", resize=512, crop=480, norm=args.norm)))
-  start = time.perf_counter()
-  datasets = input_pipeline.get_datasets(config, process_index=0, process_count=1, threads=args.workers)
-  setup = time.perf_counter() - start   # includes the one-off corrupt-file check of the folder
-  return _timed(datasets.train, args.warmup, args.batches, args.batch), setup
+    transform = T.Compose([T.Resize(512), T.RandomCrop((480, 480)), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(*NORM_STATS[args.norm])])
+    loader = torch.utils.data.DataLoader(
+        ImageFolder(root, transform=transform), batch_size=args.batch, shuffle=True, drop_last=True,
+        num_workers=args.workers, multiprocessing_context="forkserver", persistent_workers=True,
+        pin_memory=False)
+
+    def forever():
+        while True:
+            yield from loader
+
+    batches = forever()
+    try:
+        yield batches
+    finally:
+        batches.close()
+        loader = None   # the last reference: its workers shut down before the next measurement
+        gc.collect()
 
 
-def decode_only_rate(root: str, args) -> float:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from input_pipeline import image_folder, preprocess  # pylint: disable=g-import-not-at-top
+@contextlib.contextmanager
+def ours_batches(root: str, args, setup: list) -> Iterator:
+    """get_datasets' train batches; appends the set-up time (incl. the folder's file check) to `setup`."""
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from input_pipeline import get_datasets  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
-  paths = image_folder.list_image_folder(root).paths
-  ds = tf.data.Dataset.from_tensor_slices(paths).repeat()
-  ds = ds.map(lambda p: tf.shape(tf.io.decode_jpeg(tf.io.read_file(p), channels=3,
-                                                    dct_method=preprocess.JPEG_DCT_METHOD)),
-              num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch).prefetch(tf.data.AUTOTUNE)
-  options = tf.data.Options()
-  options.threading.private_threadpool_size = args.workers
-  options.threading.max_intra_op_parallelism = 1
-  return _timed(iter(ds.with_options(options)), args.warmup, args.batches, args.batch)
+    config = ml_collections.ConfigDict(dict(
+        seed=0, batch_size=args.batch, eval_batch_size=args.batch,
+        data=dict(name="image_folder", train_dir=root, val_dir="", shots=0, oversample=False, valid_ratio=0.0,
+                  skip_corrupt=False, shuffle_buffer=1000),
+        pp=dict(kind="bit", resize=512, crop=480, norm=args.norm)))
+    start = time.perf_counter()
+    datasets = get_datasets(config, process_index=0, process_count=1, threads=args.workers)
+    setup.append(time.perf_counter() - start)
+    try:
+        yield datasets.train
+    finally:
+        del datasets
+        gc.collect()
+
+
+@contextlib.contextmanager
+def per_file_batches(root: str, args, fn) -> Iterator:
+    """fn(index, encoded bytes) over the folder's files, tf.data with `--workers` threads.
+
+    Only the shape leaves the map: what is timed is the work on each file, not batching.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from input_pipeline import image_folder  # pylint: disable=g-import-not-at-top
+
+    paths = image_folder.list_image_folder(root).paths
+    ds = tf.data.Dataset.from_tensor_slices(paths).repeat().enumerate()
+    ds = ds.map(lambda i, p: tf.shape(fn(i, tf.io.read_file(p))), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(args.batch).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = args.workers
+    options.threading.max_intra_op_parallelism = 1
+    batches = iter(ds.with_options(options))
+    try:
+        yield batches
+    finally:
+        del batches
+        gc.collect()
+
+
+def decode_only(root: str, args):
+    """Full JPEG decode of each file (the same libjpeg and DCT as ours)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from input_pipeline import preprocess  # pylint: disable=g-import-not-at-top
+
+    return per_file_batches(root, args, lambda i, enc: tf.io.decode_jpeg(enc, channels=3,
+                                                                         dct_method=preprocess.JPEG_DCT_METHOD))
+
+
+def stages(root: str, args) -> dict:
+    """Ours' per-image work alone: the crop window's decode; window decode + resize + round."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from input_pipeline import preprocess  # pylint: disable=g-import-not-at-top
+
+    def seed(i):
+        return tf.random.experimental.stateless_fold_in(tf.constant([0, 2], tf.int64), i)
+
+    def window_decode(i, enc):
+        shape = tf.io.extract_jpeg_shape(enc)
+        window, _ = preprocess.bit_crop_window(shape[0], shape[1], seed(i), resize=512, crop=480)
+        return tf.io.decode_and_crop_jpeg(enc, window, channels=3, dct_method=preprocess.JPEG_DCT_METHOD)
+
+    def window_resize(i, enc):
+        return preprocess.decode_and_bit_crop(enc, seed(i), resize=512, crop=480)
+
+    return {"crop-window decode only": lambda: per_file_batches(root, args, window_decode),
+            "+ resize to 480x480, round to uint8": lambda: per_file_batches(root, args, window_resize)}
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--images", type=int, default=512, help="JPEG files to write")
-  parser.add_argument("--batch", type=int, default=32)
-  parser.add_argument("--workers", type=int, default=2, help="DataLoader workers = tf.data threads")
-  parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
-  parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--norm", choices=sorted(NORM_STATS), default="bit",
-                      help="normalisation, the same map on both sides (bit: [-1, 1]; imagenet: mean/std)")
-  args = parser.parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=512, help="JPEG files to write")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers = tf.data threads")
+    parser.add_argument("--batches", type=int, default=20, help="timed batches per pipeline and round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each pipeline, interleaved")
+    parser.add_argument("--norm", choices=sorted(NORM_STATS), default="bit",
+                        help="torchvision's Normalize (bit: [-1, 1]; imagenet: mean/std); ours applies it on the device")
+    parser.add_argument("--stages", action="store_true", help="also time ours' per-image stages")
+    args = parser.parse_args()
 
-  # torchvision first: its triton import segfaults once TensorFlow is loaded.
-  import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    # torchvision first: its triton import segfaults once TensorFlow is loaded.
+    import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
-  with tempfile.TemporaryDirectory() as root:
-    write_images(root, args.images)
-    sizes = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs]
-    print(f"{len(sizes)} JPEGs, mean {np.mean(sizes) / 1024:.0f} KiB; batch {args.batch}, "
-          f"{args.workers} workers, {args.batches} timed batches after {args.warmup}")
-    reference = torchvision_rate(root, args)
-    ours, setup = ours_rate(root, args)
-    decode = decode_only_rate(root, args)
-  print(f"torchvision DataLoader (reference transforms): {reference:8.1f} images/s")
-  print(f"input_pipeline (bit 512/480, {args.norm} norm): {ours:8.1f} images/s   "
-        f"(setup incl. file check {setup:.1f} s)")
-  print(f"JPEG decode only (tf.data):                   {decode:8.1f} images/s")
-  print(f"ours / torchvision: {ours / reference:.2f}x   (goal >= 4)")
-  print(f"ours' time per image / decode-only: {decode / ours:.2f}x   (goal <= 1.5)")
+    load_before = _load()
+    setup = []
+    rates = collections.defaultdict(list)
+    with tempfile.TemporaryDirectory() as root:
+        write_images(root, args.images)
+        sizes = [os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs]
+        print(f"{len(sizes)} JPEGs, mean {np.mean(sizes) / 1024:.0f} KiB; batch {args.batch}, "
+              f"{args.workers} workers; per round and pipeline {args.batches} timed batches after {args.warmup}")
+        pipelines = {"torchvision": lambda: torchvision_batches(root, args),
+                     "ours": lambda: ours_batches(root, args, setup),
+                     "decode": lambda: decode_only(root, args)}
+        if args.stages:
+            pipelines.update(stages(root, args))
+        # One pipeline at a time (the others' workers stopped), in turns: a change in the load
+        # of other processes then shows in every pipeline's numbers, and the best round of each
+        # is the least disturbed.
+        for _ in range(args.rounds):
+            for name, make in pipelines.items():
+                with make() as batches:
+                    rates[name].append(_timed(batches, args.warmup, args.batches, args.batch))
+    best = {name: max(rate for rate, _ in r) for name, r in rates.items()}
+    cpu = {name: float(np.median([ms for _, ms in r])) for name, r in rates.items()}
+
+    def line(label, name):
+        spread = ", ".join(f"{rate:.0f}" for rate, _ in rates[name])
+        return f"{label:46s} {best[name]:7.1f} images/s (rounds {spread}); CPU {cpu[name]:5.2f} ms/image"
+
+    print(f"load average (1, 5, 15 min): {load_before} before, {_load()} after; {os.cpu_count()} CPUs")
+    print(line("torchvision DataLoader (reference transforms):", "torchvision"))
+    print(line("input_pipeline (bit 512/480, uint8 batches):", "ours"))
+    print(line("JPEG decode only (tf.data):", "decode"))
+    print(f"ours / torchvision: {best['ours'] / best['torchvision']:.2f}x   (goal >= 4; "
+          f"by CPU time per image {cpu['torchvision'] / cpu['ours']:.2f}x)")
+    print(f"ours' time per image / decode-only: {best['decode'] / best['ours']:.2f}x   (goal <= 1.5; "
+          f"by CPU time {cpu['ours'] / cpu['decode']:.2f}x)")
+    for name in pipelines:
+        if name not in ("torchvision", "ours", "decode"):
+            print(line(f"  stage: {name}", name) + f"; {cpu[name] / cpu['decode']:.2f}x decode's CPU time")
+    print(f"ours' set-up (incl. the folder's file check): {setup[0]:.1f} s")
 
 
 if __name__ == "__main__":
-  main()
+    main()

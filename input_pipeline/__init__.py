@@ -1,10 +1,32 @@
 """tf.data input pipeline: natural-image TFDS sets, image folders and the X-ray builders.
 
-Entry point: ``get_datasets(config) -> Datasets(train, evals, info)``.
+Entry point: ``get_datasets(config) -> Datasets(train, evals, info)``; the train step turns a
+batch's images into the model's input with ``model_input(batch["image"], config.pp.norm)``.
+
+The names below are imported on first use (PEP 562), so that importing a light submodule such
+as `input_pipeline.imaging` (numpy + Pillow, used by the builders' worker processes) does not
+import TensorFlow.
 """
 
-from input_pipeline.pipeline import DatasetInfo
-from input_pipeline.pipeline import Datasets
-from input_pipeline.pipeline import get_datasets
+import importlib
 
-__all__ = ["DatasetInfo", "Datasets", "get_datasets"]
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "DatasetInfo": "input_pipeline.pipeline",
+    "Datasets": "input_pipeline.pipeline",
+    "get_datasets": "input_pipeline.pipeline",
+    "model_input": "input_pipeline.preprocess",
+}
+
+__all__ = ["DatasetInfo", "Datasets", "get_datasets", "model_input"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'input_pipeline' has no attribute {name!r}; it exports {__all__}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -15,68 +15,68 @@ import numpy as np
 
 
 def carve_validation(num_examples: int, valid_ratio: float, valid_seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Splits range(num_examples) into (train, valid) index arrays as the reference's `valid_ratio`.
+    """Splits range(num_examples) into (train, valid) index arrays as the reference's `valid_ratio`.
 
-  Shuffles with ``np.random.RandomState(valid_seed)``; the first ``int(n * (1 - ratio))``
-  shuffled indices are train, the rest valid. Both keep the shuffled order, as the reference's
-  ``Subset``s do (the k-shot draw below depends on that order).
-  """
-  if not 0.0 < valid_ratio < 1.0:
-    raise ValueError(f"data.valid_ratio must be in (0, 1) to carve a validation split, got {valid_ratio}")
-  rng = np.random.RandomState(valid_seed)
-  inds = np.arange(num_examples)
-  rng.shuffle(inds)
-  nb_train = int(num_examples * (1 - valid_ratio))
-  return inds[:nb_train], inds[nb_train:]
+    Shuffles with ``np.random.RandomState(valid_seed)``; the first ``int(n * (1 - ratio))``
+    shuffled indices are train, the rest valid. Both keep the shuffled order, as the reference's
+    ``Subset``s do (the k-shot draw below depends on that order).
+    """
+    if not 0.0 < valid_ratio < 1.0:
+        raise ValueError(f"data.valid_ratio must be in (0, 1) to carve a validation split, got {valid_ratio}")
+    rng = np.random.RandomState(valid_seed)
+    inds = np.arange(num_examples)
+    rng.shuffle(inds)
+    nb_train = int(num_examples * (1 - valid_ratio))
+    return inds[:nb_train], inds[nb_train:]
 
 
 def single_label_subset(multi_hot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Keeps examples with exactly one positive label (NaN counts as 0); returns (indices, class).
+    """Keeps examples with exactly one positive label (NaN counts as 0); returns (indices, class).
 
-  The reference's ``SingleLabelFromMultiLabel`` (``--multilabel-force-classification``).
-  """
-  labels = np.nan_to_num(np.asarray(multi_hot, np.float64), nan=0.0)
-  if labels.ndim != 2:
-    raise ValueError(f"multi-label targets must be [examples, classes], got shape {labels.shape}")
-  keep = np.flatnonzero(labels.sum(axis=1) == 1)
-  return keep, labels[keep].argmax(axis=1)
+    The reference's ``SingleLabelFromMultiLabel`` (``--multilabel-force-classification``).
+    """
+    labels = np.nan_to_num(np.asarray(multi_hot, np.float64), nan=0.0)
+    if labels.ndim != 2:
+        raise ValueError(f"multi-label targets must be [examples, classes], got shape {labels.shape}")
+    keep = np.flatnonzero(labels.sum(axis=1) == 1)
+    return keep, labels[keep].argmax(axis=1)
 
 
 def k_shot_indices(class_ids: np.ndarray, shots: int, seed: int, num_classes: int) -> np.ndarray:
-  """`shots` examples per class, drawn as the reference does for labelled datasets.
+    """`shots` examples per class, drawn as the reference does for labelled datasets.
 
-  ``RandomState(seed)``; for each class in order: shuffle that class's indices, keep the first
-  `shots`; concatenate; shuffle once more with the same generator. A class with fewer than
-  `shots` examples contributes all of them (logged). The result is independent of host count
-  and batch size: it depends only on the labels, `shots` and `seed`.
-  """
-  if shots <= 0:
-    raise ValueError(f"shots must be positive, got {shots}")
-  class_ids = np.asarray(class_ids)
-  rng = np.random.RandomState(seed)
-  inds = np.arange(len(class_ids))
-  chosen = []
-  short = []
-  for cl in range(num_classes):
-    inds_cl = inds[class_ids == cl]
-    rng.shuffle(inds_cl)
-    if len(inds_cl) < shots:
-      short.append((cl, len(inds_cl)))
-    chosen.append(inds_cl[:shots])
-  if short:
-    logging.warning("%d-shot: %d classes have fewer examples and contribute all they have: %s",
-                    shots, len(short), short[:10])
-  indices = np.concatenate(chosen) if chosen else np.zeros([0], np.int64)
-  rng.shuffle(indices)
-  return indices
+    ``RandomState(seed)``; for each class in order: shuffle that class's indices, keep the first
+    `shots`; concatenate; shuffle once more with the same generator. A class with fewer than
+    `shots` examples contributes all of them (logged). The result is independent of host count
+    and batch size: it depends only on the labels, `shots` and `seed`.
+    """
+    if shots <= 0:
+        raise ValueError(f"shots must be positive, got {shots}")
+    class_ids = np.asarray(class_ids)
+    rng = np.random.RandomState(seed)
+    inds = np.arange(len(class_ids))
+    chosen = []
+    short = []
+    for cl in range(num_classes):
+        inds_cl = inds[class_ids == cl]
+        rng.shuffle(inds_cl)
+        if len(inds_cl) < shots:
+            short.append((cl, len(inds_cl)))
+        chosen.append(inds_cl[:shots])
+    if short:
+        logging.warning("%d-shot: %d classes have fewer examples and contribute all they have: %s",
+                        shots, len(short), short[:10])
+    indices = np.concatenate(chosen) if chosen else np.zeros([0], np.int64)
+    rng.shuffle(indices)
+    return indices
 
 
 def inverse_frequency_weights(class_ids: np.ndarray, num_classes: int) -> np.ndarray:
-  """Per-example sampling weights ``N / count[class]`` (the reference's oversampling weights).
+    """Per-example sampling weights ``N / count[class]`` (the reference's oversampling weights).
 
-  With these weights, sampling with replacement picks every class with equal probability and
-  examples uniformly within a class, like the reference's ``WeightedRandomSampler``.
-  """
-  class_ids = np.asarray(class_ids, np.int64)
-  counts = np.bincount(class_ids, minlength=num_classes).astype(np.float64)
-  return len(class_ids) / counts[class_ids]
+    With these weights, sampling with replacement picks every class with equal probability and
+    examples uniformly within a class, like the reference's ``WeightedRandomSampler``.
+    """
+    class_ids = np.asarray(class_ids, np.int64)
+    counts = np.bincount(class_ids, minlength=num_classes).astype(np.float64)
+    return len(class_ids) / counts[class_ids]

@@ -1,10 +1,13 @@
-"""Image preprocessing ops (TensorFlow, per example): decode, BiT-HyperRule, inception crop.
+"""Image preprocessing ops (TensorFlow, per example), and `model_input`, the normalisation that runs
+on the device.
 
-Every op works on one image with values in [0, 255] (uint8 or float) and returns float32
-[crop, crop, 3] normalised by `normalize`. Randomness comes only from stateless ops keyed by
-an explicit `seed` (int32/int64 tensor of shape [2]), so an example's augmentation is a pure
-function of its seed: the pipeline derives that seed from (run seed, global example index),
-which makes a resumed input stream identical to an uninterrupted one.
+Every op works on one image with values in [0, 255] (uint8, or float for decoded X-rays) and returns
+**uint8** [crop, crop, 3]: resizing is computed in float and rounded once to the nearest level.
+Batches of uint8 are 4x smaller than float32 ones and cost the host nothing to normalise; the train
+step maps them with `model_input(images, norm)` (on numpy or jax arrays). Randomness comes only from
+stateless ops keyed by an explicit `seed` (int32/int64 tensor of shape [2]), so an example's
+augmentation is a pure function of its seed: the pipeline derives that seed from (run seed, global
+example index), which makes a resumed input stream identical to an uninterrupted one.
 
 Semantics follow the reference's torchvision transforms (transfer_learning/datasets/builder.py):
 
@@ -14,16 +17,20 @@ Semantics follow the reference's torchvision transforms (transfer_learning/datas
   ``RandomHorizontalFlip()``. Eval: ``Resize((crop, crop))`` (squash, no crop).
 - 'inception' train (pre-training): random-resized crop to `crop` (scale 0.08-1, aspect ratio
   3/4-4/3) and flip; eval: shorter side to `resize` (256), centre crop `crop` (224).
-- Interpolation: bilinear with antialiasing when shrinking, as PIL's ``BILINEAR`` filter that
-  torchvision's ``Resize`` uses; JPEGs decode with libjpeg's accurate DCT, as PIL does.
-  Differences to PIL: we do not round to uint8 between resizing and normalising, and the random
-  crop / flip draws come from TF's stateless RNG, not torch's.
-- Speed: the train crop is resized directly (enlarging: ResizeBilinear then a slice; shrinking:
-  ScaleAndTranslate on the window only), the flip is applied to the smaller uint8 source, and
-  per-channel normalisation avoids innermost-axis broadcasting (slow on CPU).
+- Interpolation: bilinear, antialiased when shrinking, as PIL's ``BILINEAR`` filter that
+  torchvision's ``Resize`` uses (enlarging needs no antialiasing: there the two are the same
+  filter); JPEGs decode with libjpeg's accurate DCT, as PIL does. PIL rounds to uint8 after each of
+  its two separable passes, we once at the end: outputs differ by at most a level or so.
+- 'bit' train crops without resizing the whole image: the crop is drawn in resized coordinates as
+  ``RandomCrop`` draws it, mapped to the source pixels it covers (rounded to whole pixels), only
+  that window is decoded (JPEG) and it is resized straight to `crop` x `crop`. The crops have the
+  distribution of resize-then-crop; each crop's edges lie within half a source pixel of the exact
+  ones (its scale differs by at most one source pixel over the crop). Other formats decode fully,
+  then take the same window.
 - The random-resized crop uses TF's ``sample_distorted_bounding_box`` (10 attempts, falling back
   to the whole image) where torchvision falls back to a centre crop with the ratio clamped; the
   two agree whenever a sample is accepted, which is nearly always within 10 attempts.
+- The random crop / flip draws come from TF's stateless RNG, not torch's.
 """
 
 from __future__ import annotations
@@ -39,45 +46,39 @@ INCEPTION_AREA_RANGE = (0.08, 1.0)
 INCEPTION_ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 INCEPTION_MAX_ATTEMPTS = 10
 
-
-def _normalize_bit(image: tf.Tensor) -> tf.Tensor:
-  return image * (1.0 / 127.5) - 1.0
-
-
-def _per_channel_affine(image: tf.Tensor, scale, offset) -> tf.Tensor:
-  """image * scale + offset with per-channel (last axis) constants.
-
-  Broadcasting a 3-vector along the innermost axis is about 7x slower on CPU than a row-wise
-  broadcast; with a static width the constants are tiled to one row of [H, W * C] instead.
-  """
-  width, channels = image.shape[-2], image.shape[-1]
-  scale, offset = np.asarray(scale, np.float32), np.asarray(offset, np.float32)
-  if width is None or channels is None or image.shape.rank != 3:
-    return image * scale + offset
-  rows = tf.reshape(image, [-1, width * channels])
-  rows = rows * np.tile(scale, width) + np.tile(offset, width)
-  return tf.reshape(rows, tf.shape(image))
-
-
-def _normalize_imagenet(image: tf.Tensor) -> tf.Tensor:
-  mean, std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
-  return _per_channel_affine(image, 1.0 / (255.0 * std), -mean / std)
-
-
-_NORMALIZERS = {"bit": _normalize_bit, "imagenet": _normalize_imagenet}
-NORMS = tuple(_NORMALIZERS)
+# pp.norm -> (scale, offset) per channel: model input = uint8 value * scale + offset.
+_NORM_AFFINE = {
+    # [-1, 1], as the reference's Normalize(0.5, 0.5) after ToTensor.
+    "bit": (np.full(3, 1.0 / 127.5, np.float32), np.full(3, -1.0, np.float32)),
+    # ToTensor then Normalize(IMAGENET_MEAN, IMAGENET_STD).
+    "imagenet": ((1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32),
+                 (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32)),
+}
+NORMS = tuple(_NORM_AFFINE)
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 def check_norm(norm: str) -> None:
-  """Raises ValueError naming the valid choices if `norm` is not a known normalisation."""
-  if norm not in _NORMALIZERS:
-    raise ValueError(f"Unknown pp.norm {norm!r}; valid: {sorted(_NORMALIZERS)}")
+    """Raises ValueError naming the valid choices if `norm` is not a known normalisation."""
+    if norm not in _NORM_AFFINE:
+        raise ValueError(f"Unknown pp.norm {norm!r}; valid: {sorted(_NORM_AFFINE)}")
 
 
-def normalize(image: tf.Tensor, norm: str) -> tf.Tensor:
-  """Maps [0, 255] values to the model's input range: 'bit' -> [-1, 1]; 'imagenet' -> mean/std."""
-  check_norm(norm)
-  return _NORMALIZERS[norm](tf.cast(image, tf.float32))
+def model_input(images, norm: str):
+    """Pipeline images -> the model's float32 input; works on numpy and jax arrays alike.
+
+    uint8 images (pp.kind 'bit' / 'inception') are normalised: 'bit' -> [-1, 1] (x / 127.5 - 1),
+    'imagenet' -> (x / 255 - mean) / std. Float images (pp.kind 'xray', already in [-1, 1]) are
+    returned unchanged. Call it inside the jitted step so the conversion runs on the device.
+    """
+    check_norm(norm)
+    dtype = np.dtype(images.dtype)
+    if dtype.name in _FLOAT_DTYPES:
+        return images
+    if dtype != np.uint8:
+        raise ValueError(f"model_input takes uint8 or float images, got dtype {dtype.name}")
+    scale, offset = _NORM_AFFINE[norm]
+    return images.astype(np.float32) * scale + offset
 
 
 # libjpeg's accurate integer DCT gives PIL's (the reference's) pixels exactly; TF's default,
@@ -86,153 +87,193 @@ JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
-  """Decodes JPEG/PNG/GIF/BMP/WebP bytes to uint8 [H, W, 3] (grey and RGBA become RGB)."""
-  image = tf.cond(
-      tf.io.is_jpeg(encoded),
-      lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=JPEG_DCT_METHOD),
-      lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
-  image.set_shape([None, None, 3])
-  return image
+    """Decodes JPEG/PNG/GIF/BMP/WebP bytes to uint8 [H, W, 3] (grey and RGBA become RGB)."""
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=JPEG_DCT_METHOD),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+    image.set_shape([None, None, 3])
+    return image
 
 
 def grey01_to_rgb255(image01: tf.Tensor) -> tf.Tensor:
-  """[H, W, 1] floats in [0, 1] (X-ray decode) -> float32 [H, W, 3] in [0, 255]."""
-  image = tf.cast(image01, tf.float32) * 255.0
-  return tf.tile(image, [1, 1, 3])
+    """[H, W, 1] floats in [0, 1] (X-ray decode) -> float32 [H, W, 3] in [0, 255]."""
+    image = tf.cast(image01, tf.float32) * 255.0
+    return tf.tile(image, [1, 1, 3])
 
 
 def shorter_side_size(height: tf.Tensor, width: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """Output (h, w) of torchvision's ``Resize(size)``: shorter side -> size, long side truncated."""
-  h = tf.cast(height, tf.float64)
-  w = tf.cast(width, tf.float64)
-  # torchvision computes int(size * long / short) in Python floats; float64 floor matches that.
-  new_h = tf.where(h <= w, tf.constant(size, tf.float64), tf.floor(size * h / w))
-  new_w = tf.where(h <= w, tf.floor(size * w / h), tf.constant(size, tf.float64))
-  return tf.cast(new_h, tf.int32), tf.cast(new_w, tf.int32)
+    """Output (h, w) of torchvision's ``Resize(size)``: shorter side -> size, long side truncated."""
+    h = tf.cast(height, tf.float64)
+    w = tf.cast(width, tf.float64)
+    # torchvision computes int(size * long / short) in Python floats; float64 floor matches that.
+    new_h = tf.where(h <= w, tf.constant(size, tf.float64), tf.floor(size * h / w))
+    new_w = tf.where(h <= w, tf.floor(size * w / h), tf.constant(size, tf.float64))
+    return tf.cast(new_h, tf.int32), tf.cast(new_w, tf.int32)
 
 
 def _resized_window(image: tf.Tensor, new_h, new_w, top, left, out_h: int, out_w: int) -> tf.Tensor:
-  """The [out_h, out_w] window at (top, left) of `image` resized to (new_h, new_w).
+    """The [out_h, out_w] window at (top, left) of `image` resized to (new_h, new_w), as uint8.
 
-  Equal (to float rounding) to ``tf.image.resize(image, (new_h, new_w), antialias=True)``
-  followed by slicing. Enlarging (no antialiasing needed) uses ResizeBilinear on the whole
-  image, about twice as fast per pixel as the general kernel; shrinking uses ScaleAndTranslate
-  (triangle kernel, antialiased, what tf.image.resize calls) on the window only.
-  """
-  shape = tf.shape(image)
-  in_h, in_w = shape[0], shape[1]
+    Equal (to float rounding, then rounded to the nearest level) to
+    ``tf.image.resize(image, (new_h, new_w), antialias=True)`` followed by slicing. Enlarging
+    uses ResizeBilinear (no antialiasing needed), about twice as fast per pixel as the general
+    kernel and faster still on float input; shrinking uses ScaleAndTranslate (triangle kernel,
+    antialiased, what tf.image.resize calls) on the window only. Both kernels' weights sum to 1,
+    so adding 0.5 before resizing and truncating after rounds to nearest; the results lie in
+    [0.5, 255.5], where the cast cannot overflow.
+    """
+    shape = tf.shape(image)
+    in_h, in_w = shape[0], shape[1]
 
-  def enlarge():
-    full = tf.raw_ops.ResizeBilinear(images=image[None], size=tf.stack([new_h, new_w]), half_pixel_centers=True)
-    return full[0, top:top + out_h, left:left + out_w]
+    def enlarge():
+        # Converting the (smaller) source once is cheaper than the kernel converting each tap.
+        source = tf.cast(image, tf.float32) + 0.5
+        full = tf.raw_ops.ResizeBilinear(images=source[None], size=tf.stack([new_h, new_w]),
+                                         half_pixel_centers=True)
+        return full[0, top:top + out_h, left:left + out_w]
 
-  def shrink():
-    scale = tf.stack([tf.cast(new_h, tf.float32) / tf.cast(in_h, tf.float32),
-                      tf.cast(new_w, tf.float32) / tf.cast(in_w, tf.float32)])
-    translation = -tf.cast(tf.stack([top, left]), tf.float32)
-    out = tf.raw_ops.ScaleAndTranslate(
-        images=image[None], size=tf.constant([out_h, out_w], tf.int32), scale=scale,
-        translation=translation, kernel_type="triangle", antialias=True)
-    return out[0]
+    def shrink():
+        scale = tf.stack([tf.cast(new_h, tf.float32) / tf.cast(in_h, tf.float32),
+                          tf.cast(new_w, tf.float32) / tf.cast(in_w, tf.float32)])
+        translation = -tf.cast(tf.stack([top, left]), tf.float32)
+        out = tf.raw_ops.ScaleAndTranslate(
+            images=image[None], size=tf.constant([out_h, out_w], tf.int32), scale=scale,
+            translation=translation, kernel_type="triangle", antialias=True)
+        return out[0] + 0.5
 
-  out = tf.cond((new_h >= in_h) & (new_w >= in_w), enlarge, shrink)
-  out.set_shape([out_h, out_w, image.shape[-1]])
-  return out
-
-
-def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """Left-right flip with probability 1/2, decided by the stateless `seed`."""
-  flip = tf.random.stateless_uniform([], seed=seed) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-
-
-def _flip_decision(seed: tf.Tensor) -> tf.Tensor:
-  return tf.random.stateless_uniform([], seed=seed) < 0.5
-
-
-def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """Left-right flip with probability 1/2, decided by the stateless `seed`."""
-  return tf.cond(_flip_decision(seed), lambda: tf.reverse(image, axis=[1]), lambda: image)
-
-
-def bit_train(image: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int, norm: str) -> tf.Tensor:
-  """BiT-HyperRule train op: shorter side -> `resize`, random `crop` x `crop`, random flip."""
-  shape = tf.shape(image)
-  new_h, new_w = shorter_side_size(shape[0], shape[1], resize)
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
-  # RandomCrop draws offsets uniformly in [0, size - crop]; maxval is exclusive.
-  top = tf.random.stateless_uniform([], top_seed, minval=0, maxval=new_h - crop + 1, dtype=tf.int32)
-  left = tf.random.stateless_uniform([], left_seed, minval=0, maxval=new_w - crop + 1, dtype=tf.int32)
-  # Bilinear resizing with half-pixel centres commutes with a mirror flip, so flipping the
-  # (smaller, uint8) source and mirroring the crop offset equals flipping the crop.
-  flip = _flip_decision(flip_seed)
-  image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
-  left = tf.where(flip, new_w - crop - left, left)
-  return normalize(_resized_window(image, new_h, new_w, top, left, crop, crop), norm)
+    out = tf.cond((new_h >= in_h) & (new_w >= in_w), enlarge, shrink)
+    out.set_shape([out_h, out_w, image.shape[-1]])
+    return tf.cast(out, tf.uint8)
 
 
 def resize(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
-  """Bilinear resize of [H, W, C] to (height, width), antialiased when shrinking (PIL's BILINEAR)."""
-  return _resized_window(image, height, width, 0, 0, height, width)
+    """Bilinear resize of [H, W, C] to uint8 (height, width), antialiased when shrinking (PIL's)."""
+    return _resized_window(image, height, width, 0, 0, height, width)
 
 
-def bit_eval(image: tf.Tensor, *, crop: int, norm: str) -> tf.Tensor:
-  """BiT-HyperRule eval op: resize straight to `crop` x `crop` (aspect ratio not kept)."""
-  return normalize(resize(image, crop, crop), norm)
+def _flip_decision(seed: tf.Tensor) -> tf.Tensor:
+    return tf.random.stateless_uniform([], seed=seed) < 0.5
+
+
+def _resize_flipped(window: tf.Tensor, flip: tf.Tensor, crop: int) -> tf.Tensor:
+    # Bilinear resizing with half-pixel centres commutes with a mirror flip: flip the window
+    # (before enlarging it is the smaller image).
+    window = tf.cond(flip, lambda: tf.reverse(window, axis=[1]), lambda: window)
+    return resize(window, crop, crop)
+
+
+def _source_span(start: tf.Tensor, length: int, size: tf.Tensor, new_size: tf.Tensor):
+    """Source pixels [first, first + count) nearest to resized pixels [start, start + length)."""
+    start, size, new_size = (tf.cast(v, tf.int64) for v in (start, size, new_size))
+    # Resized pixel edge e sits at source coordinate e * size / new_size; round it to the nearest
+    # pixel edge in integers: floor((2 e size + new_size) / (2 new_size)).
+    first = (2 * start * size + new_size) // (2 * new_size)
+    last = (2 * (start + length) * size + new_size) // (2 * new_size)
+    first = tf.minimum(first, size - 1)
+    count = tf.maximum(last - first, 1)   # a source thinner than one pixel of the crop
+    return tf.cast(first, tf.int32), tf.cast(count, tf.int32)
+
+
+def bit_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, *, resize: int,
+                    crop: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """BiT-HyperRule's random crop of a [height, width] source: (window, flip).
+
+    The crop is drawn as torchvision's ``RandomCrop(crop)`` draws it on ``Resize(resize)``'s output
+    (offsets uniform in [0, size - crop]); `window` = int32 [y, x, h, w] are the source pixels it
+    covers, its edges rounded to the nearest pixel edge. `flip`: bool, the horizontal flip.
+    """
+    new_h, new_w = shorter_side_size(height, width, resize)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    top_seed, left_seed = tf.unstack(tf.random.experimental.stateless_split(crop_seed, 2))
+    # RandomCrop draws offsets uniformly in [0, size - crop]; maxval is exclusive.
+    top = tf.random.stateless_uniform([], top_seed, minval=0, maxval=new_h - crop + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], left_seed, minval=0, maxval=new_w - crop + 1, dtype=tf.int32)
+    y, h = _source_span(top, crop, height, new_h)
+    x, w = _source_span(left, crop, width, new_w)
+    return tf.stack([y, x, h, w]), _flip_decision(flip_seed)
+
+
+def bit_train(image: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int) -> tf.Tensor:
+    """BiT-HyperRule train op on a decoded image: shorter side -> `resize`, random `crop`, flip.
+
+    Returns uint8 [crop, crop, 3]; the crop's window of the source is resized straight to `crop`
+    (see the module docstring).
+    """
+    shape = tf.shape(image)
+    window, flip = bit_crop_window(shape[0], shape[1], seed, resize=resize, crop=crop)
+    pixels = tf.slice(image, tf.stack([window[0], window[1], 0]), tf.stack([window[2], window[3], -1]))
+    return _resize_flipped(pixels, flip, crop)
+
+
+def decode_and_bit_crop(encoded: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int) -> tf.Tensor:
+    """`bit_train` from encoded bytes; JPEGs decode only the crop's window (faster).
+
+    Takes the same window as ``bit_train(decode_rgb(encoded), seed, ...)``; the pixels are equal
+    too, except where chroma-subsampled JPEGs upsample colour at the window's border.
+    """
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(encoded)
+        window, flip = bit_crop_window(shape[0], shape[1], seed, resize=resize, crop=crop)
+        pixels = tf.io.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=JPEG_DCT_METHOD)
+        pixels.set_shape([None, None, 3])
+        return _resize_flipped(pixels, flip, crop)
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg,
+                   lambda: bit_train(decode_rgb(encoded), seed, resize=resize, crop=crop))
+
+
+def bit_eval(image: tf.Tensor, *, crop: int) -> tf.Tensor:
+    """BiT-HyperRule eval op: resize straight to uint8 `crop` x `crop` (aspect ratio not kept)."""
+    return resize(image, crop, crop)
 
 
 def inception_window(image_shape: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """Random-resized-crop window (begin [y, x, 0], size [h, w, -1]) for an image shape [H, W, C]."""
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      image_shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
-      min_object_covered=INCEPTION_AREA_RANGE[0], aspect_ratio_range=INCEPTION_ASPECT_RANGE,
-      area_range=INCEPTION_AREA_RANGE, max_attempts=INCEPTION_MAX_ATTEMPTS,
-      use_image_if_no_bounding_boxes=True)
-  return begin, size
+    """Random-resized-crop window (begin [y, x, 0], size [h, w, -1]) for an image shape [H, W, C]."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        image_shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+        min_object_covered=INCEPTION_AREA_RANGE[0], aspect_ratio_range=INCEPTION_ASPECT_RANGE,
+        area_range=INCEPTION_AREA_RANGE, max_attempts=INCEPTION_MAX_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True)
+    return begin, size
 
 
-def _inception_finish(window: tf.Tensor, flip_seed: tf.Tensor, crop: int, norm: str) -> tf.Tensor:
-  window = random_flip(window, flip_seed)   # on the window, before resizing: fewer pixels
-  return normalize(resize(window, crop, crop), norm)
-
-
-def inception_train(image: tf.Tensor, seed: tf.Tensor, *, crop: int, norm: str) -> tf.Tensor:
-  """Random-resized crop of a decoded image to `crop` x `crop`, then a random flip."""
-  window_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  begin, size = inception_window(tf.shape(image), window_seed)
-  return _inception_finish(tf.slice(image, begin, size), flip_seed, crop, norm)
-
-
-def decode_and_inception_crop(encoded: tf.Tensor, seed: tf.Tensor, *, crop: int, norm: str) -> tf.Tensor:
-  """`inception_train` from encoded bytes; JPEGs decode only the cropped window (faster).
-
-  Takes the same window as ``inception_train(decode_rgb(encoded), seed, ...)``; the pixels are
-  equal too, except where chroma-subsampled JPEGs upsample colour at the window's border.
-  """
-  window_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-
-  def jpeg():
-    shape = tf.io.extract_jpeg_shape(encoded)
-    begin, size = inception_window(shape, window_seed)
-    window = tf.stack([begin[0], begin[1], size[0], size[1]])
-    return tf.io.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=JPEG_DCT_METHOD)
-
-  def other():
-    image = decode_rgb(encoded)
+def inception_train(image: tf.Tensor, seed: tf.Tensor, *, crop: int) -> tf.Tensor:
+    """Random-resized crop of a decoded image to uint8 `crop` x `crop`, then a random flip."""
+    window_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     begin, size = inception_window(tf.shape(image), window_seed)
-    return tf.slice(image, begin, size)
-
-  window = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-  window.set_shape([None, None, 3])
-  return _inception_finish(window, flip_seed, crop, norm)
+    return _resize_flipped(tf.slice(image, begin, size), _flip_decision(flip_seed), crop)
 
 
-def inception_eval(image: tf.Tensor, *, resize: int, crop: int, norm: str) -> tf.Tensor:
-  """Shorter side -> `resize` (aspect kept), centre crop `crop` x `crop` (torchvision rounding)."""
-  shape = tf.shape(image)
-  new_h, new_w = shorter_side_size(shape[0], shape[1], resize)
-  # torchvision CenterCrop: int(round((size - crop) / 2)); Python and tf.round both round half to even.
-  top = tf.cast(tf.round(tf.cast(new_h - crop, tf.float32) / 2.0), tf.int32)
-  left = tf.cast(tf.round(tf.cast(new_w - crop, tf.float32) / 2.0), tf.int32)
-  return normalize(_resized_window(image, new_h, new_w, top, left, crop, crop), norm)
+def decode_and_inception_crop(encoded: tf.Tensor, seed: tf.Tensor, *, crop: int) -> tf.Tensor:
+    """`inception_train` from encoded bytes; JPEGs decode only the cropped window (faster).
+
+    Takes the same window as ``inception_train(decode_rgb(encoded), seed, ...)``; the pixels are
+    equal too, except where chroma-subsampled JPEGs upsample colour at the window's border.
+    """
+    window_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(encoded)
+        begin, size = inception_window(shape, window_seed)
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        return tf.io.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=JPEG_DCT_METHOD)
+
+    def other():
+        image = decode_rgb(encoded)
+        begin, size = inception_window(tf.shape(image), window_seed)
+        return tf.slice(image, begin, size)
+
+    window = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    window.set_shape([None, None, 3])
+    return _resize_flipped(window, _flip_decision(flip_seed), crop)
+
+
+def inception_eval(image: tf.Tensor, *, resize: int, crop: int) -> tf.Tensor:
+    """Shorter side -> `resize` (aspect kept), centre crop uint8 `crop` x `crop` (torchvision's)."""
+    shape = tf.shape(image)
+    new_h, new_w = shorter_side_size(shape[0], shape[1], resize)
+    # torchvision CenterCrop: int(round((size - crop) / 2)); Python and tf.round both round half to even.
+    top = tf.cast(tf.round(tf.cast(new_h - crop, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - crop, tf.float32) / 2.0), tf.int32)
+    return _resized_window(image, new_h, new_w, top, left, crop, crop)

@@ -3,7 +3,10 @@
 import io
 
 import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -11,146 +14,252 @@ from PIL import Image  # noqa: E402
 
 from input_pipeline import preprocess
 
-# PIL rounds to uint8 after resizing and uses fixed-point filters; in [-1, 1] units one grey level
-# is 2/255, so a few levels of slack covers the two implementations.
-_TOL = 4 * 2 / 255
+# PIL rounds to uint8 after each of its two separable passes and uses fixed-point weights; we
+# round once. One level apart at most.
+_PIL_TOL = 1
 
 
-def _image(h, w, seed=0):
-  """A smooth RGB test image (gradients + a blob), uint8 [h, w, 3]."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-  chans = [np.sin(x / rng.uniform(2, 6) + c) * np.cos(y / rng.uniform(2, 6)) for c in range(3)]
-  img = (np.stack(chans, -1) * 100 + 128).clip(0, 255)
-  return img.astype(np.uint8)
-
-
-def _torch_bit_norm(pil, transform):
-  tensor = T.Compose([transform, T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])(pil)
-  return tensor.permute(1, 2, 0).numpy()
+def _image(h, w, seed=0, period=(2, 6)):
+    """An RGB test image (sinusoids of random period in `period` pixels / 2 pi), uint8 [h, w, 3]."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    chans = [np.sin(x / rng.uniform(*period) + c) * np.cos(y / rng.uniform(*period)) for c in range(3)]
+    img = (np.stack(chans, -1) * 100 + 128).clip(0, 255)
+    return img.astype(np.uint8)
 
 
 def _seed(i):
-  return tf.constant([i, 7], tf.int64)
+    return tf.constant([i, 7], tf.int64)
+
+
+def _diff(a, b):
+    return np.abs(np.asarray(a, np.int64) - np.asarray(b, np.int64)).max()
 
 
 @pytest.mark.parametrize("h,w", [(30, 45), (45, 30), (33, 33), (17, 100), (101, 7)])
 def test_shorter_side_size_matches_torchvision_resize(h, w):
-  for size in (16, 40, 160):
-    expected_w, expected_h = T.Resize(size)(Image.new("RGB", (w, h))).size
-    got_h, got_w = preprocess.shorter_side_size(tf.constant(h), tf.constant(w), size)
-    assert (int(got_h), int(got_w)) == (expected_h, expected_w)
+    for size in (16, 40, 160):
+        expected_w, expected_h = T.Resize(size)(Image.new("RGB", (w, h))).size
+        got_h, got_w = preprocess.shorter_side_size(tf.constant(h), tf.constant(w), size)
+        assert (int(got_h), int(got_w)) == (expected_h, expected_w)
 
 
-def test_bit_train_is_a_random_crop_of_torchvision_resize_and_deterministic():
-  img = _image(30, 45)
-  resized = _torch_bit_norm(Image.fromarray(img), T.Resize(40))   # shorter side 30 -> 40: 40 x 60
-  assert resized.shape == (40, 60, 3)
-  seen_offsets, flips = set(), 0
-  for i in range(12):
-    out = preprocess.bit_train(tf.constant(img), _seed(i), resize=40, crop=32, norm="bit").numpy()
-    assert out.shape == (32, 32, 3) and out.dtype == np.float32
-    np.testing.assert_array_equal(
-        out, preprocess.bit_train(tf.constant(img), _seed(i), resize=40, crop=32, norm="bit").numpy())
-    # Find the crop offset and flip that explain the output (exhaustive over valid offsets).
-    best = min((np.abs(cand - out).max(), top, left, flip)
-               for top in range(40 - 32 + 1) for left in range(60 - 32 + 1) for flip in (False, True)
-               for cand in [resized[top:top + 32, left:left + 32][:, ::-1 if flip else 1]])
-    assert best[0] < _TOL, best
-    seen_offsets.add(best[1:3])
-    flips += best[3]
-  assert len(seen_offsets) > 6      # offsets vary with the seed
-  assert 2 <= flips <= 10           # both flipped and unflipped outputs occur
+# ----------------------------------------------------------------------------- 'bit' train crop
+
+_CROP_CASES = [(30, 45, 40, 32), (45, 30, 40, 32), (120, 90, 40, 40), (17, 100, 20, 16), (375, 500, 512, 480)]
 
 
-def test_bit_train_downscaling_matches_torchvision():
-  img = _image(120, 90)   # shorter side 90 -> 40: antialiased shrink
-  resized = _torch_bit_norm(Image.fromarray(img), T.Resize(40))
-  out = preprocess.bit_train(tf.constant(img), _seed(3), resize=40, crop=40, norm="bit").numpy()
-  err = min(np.abs(resized[top:top + 40] - out[:, ::f]).max()
-            for top in range(resized.shape[0] - 40 + 1) for f in (1, -1))
-  assert err < _TOL
+@pytest.mark.parametrize("h,w,resize,crop", _CROP_CASES)
+def test_bit_crop_window_covers_a_random_crop_of_the_resized_image(h, w, resize, crop):
+    # torchvision: Resize(resize) -> (new_w, new_h); RandomCrop offsets uniform in [0, new - crop].
+    new_w, new_h = T.Resize(resize)(Image.new("RGB", (w, h))).size
+    scale_y, scale_x = h / new_h, w / new_w
+    draw = tf.function(lambda seed: preprocess.bit_crop_window(h, w, seed, resize=resize, crop=crop))
+    offsets, flips = [], 0
+    for i in range(300):
+        window, flip = draw(_seed(i))
+        y, x, wh, ww = window.numpy().tolist()
+        assert 0 <= y and y + wh <= h and 0 <= x and x + ww <= w
+        # The offset t in resized pixels whose crop this window covers: its edges lie within half
+        # a source pixel of the crop's exact edges t * scale and (t + crop) * scale.
+        top = round(y / scale_y)
+        left = round(x / scale_x)
+        assert 0 <= top <= new_h - crop and 0 <= left <= new_w - crop
+        for start, size, t, s in ((y, wh, top, scale_y), (x, ww, left, scale_x)):
+            candidates = [c for c in (t - 1, t, t + 1)
+                          if abs(start - c * s) <= 0.5 and abs(start + size - (c + crop) * s) <= 0.5]
+            assert candidates, (i, start, size, t, s)
+        offsets.append((y / scale_y, x / scale_x))
+        flips += bool(flip)
+    offsets = np.asarray(offsets)
+    # Uniform offsets: mean (new - crop) / 2 and the full range, up to the half-pixel rounding.
+    for axis, span in enumerate((new_h - crop, new_w - crop)):
+        assert abs(offsets[:, axis].mean() - span / 2) <= 0.1 * span + 1
+        assert offsets[:, axis].min() <= 0.05 * span + 1 and offsets[:, axis].max() >= 0.95 * span - 1
+    assert 110 <= flips <= 190
+
+
+@pytest.mark.parametrize("h,w,resize,crop", _CROP_CASES[:4])
+def test_bit_train_is_torchvision_resized_crop_of_its_window(h, w, resize, crop):
+    img = _image(h, w)
+    pil = Image.fromarray(img)
+    for i in range(6):
+        window, flip = preprocess.bit_crop_window(h, w, _seed(i), resize=resize, crop=crop)
+        y, x, wh, ww = window.numpy().tolist()
+        out = preprocess.bit_train(tf.constant(img), _seed(i), resize=resize, crop=crop).numpy()
+        assert out.shape == (crop, crop, 3) and out.dtype == np.uint8
+        expected = np.asarray(TF.resized_crop(pil, y, x, wh, ww, [crop, crop], antialias=True))
+        assert _diff(out, expected[:, ::-1] if flip else expected) <= _PIL_TOL
+
+
+@pytest.mark.parametrize("h,w,resize,crop", _CROP_CASES[:4])
+def test_bit_train_is_within_a_pixel_of_torchvision_resize_then_random_crop(h, w, resize, crop):
+    img = _image(h, w, period=(15, 30))   # smooth: a sub-pixel shift changes levels by little
+    resized = np.asarray(T.Resize(resize)(Image.fromarray(img)))
+    seen = set()
+    for i in range(8):
+        out = preprocess.bit_train(tf.constant(img), _seed(i), resize=resize, crop=crop).numpy()
+        np.testing.assert_array_equal(
+            out, preprocess.bit_train(tf.constant(img), _seed(i), resize=resize, crop=crop).numpy())
+        # The crop offset and flip that explain the output (exhaustive over valid offsets).
+        best = min((_diff(resized[top:top + crop, left:left + crop][:, ::-1 if flip else 1], out), top, left, flip)
+                   for top in range(resized.shape[0] - crop + 1) for left in range(resized.shape[1] - crop + 1)
+                   for flip in (False, True))
+        assert best[0] <= 4, best
+        seen.add(best[1:])
+    assert len(seen) >= 4      # crops vary with the seed
+
+
+def _jpeg(img, subsampling):
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=95, subsampling=subsampling)
+    return buf.getvalue()
+
+
+def test_bit_crop_jpeg_fast_path_equals_generic_path():
+    # Without chroma subsampling, decoding only the window is exact.
+    encoded = tf.constant(_jpeg(_image(48, 64), subsampling=0))
+    for i in range(5):
+        fast = preprocess.decode_and_bit_crop(encoded, _seed(i), resize=56, crop=40).numpy()
+        slow = preprocess.bit_train(preprocess.decode_rgb(encoded), _seed(i), resize=56, crop=40).numpy()
+        assert fast.shape == (40, 40, 3) and fast.dtype == np.uint8
+        np.testing.assert_array_equal(fast, slow)
+    # With 4:2:0 chroma, only the chroma upsampling at the window's border differs.
+    encoded = tf.constant(_jpeg(_image(48, 64), subsampling=2))
+    for i in range(5):
+        fast = preprocess.decode_and_bit_crop(encoded, _seed(i), resize=56, crop=40).numpy()
+        slow = preprocess.bit_train(preprocess.decode_rgb(encoded), _seed(i), resize=56, crop=40).numpy()
+        assert np.abs(fast.astype(np.int64) - slow).mean() < 2.5
+
+
+def test_bit_crop_falls_back_to_decoding_other_formats():
+    buf = io.BytesIO()
+    Image.fromarray(_image(30, 45)).save(buf, "PNG")
+    encoded = tf.constant(buf.getvalue())
+    for i in range(3):
+        np.testing.assert_array_equal(
+            preprocess.decode_and_bit_crop(encoded, _seed(i), resize=40, crop=32).numpy(),
+            preprocess.bit_train(tf.constant(_image(30, 45)), _seed(i), resize=40, crop=32).numpy())
+
+
+# ----------------------------------------------------------------------------- eval ops, rounding
 
 
 def test_bit_eval_matches_torchvision_squash_resize():
-  img = _image(30, 45)
-  expected = _torch_bit_norm(Image.fromarray(img), T.Resize((24, 24)))
-  out = preprocess.bit_eval(tf.constant(img), crop=24, norm="bit").numpy()
-  assert out.shape == (24, 24, 3)
-  np.testing.assert_allclose(out, expected, atol=_TOL)
+    img = _image(30, 45)
+    expected = np.asarray(T.Resize((24, 24))(Image.fromarray(img)))
+    out = preprocess.bit_eval(tf.constant(img), crop=24).numpy()
+    assert out.shape == (24, 24, 3) and out.dtype == np.uint8
+    assert _diff(out, expected) <= _PIL_TOL
 
 
 @pytest.mark.parametrize("h,w", [(30, 45), (41, 29)])
 def test_inception_eval_matches_torchvision_resize_center_crop(h, w):
-  img = _image(h, w)
-  expected = _torch_bit_norm(Image.fromarray(img), T.Compose([T.Resize(20), T.CenterCrop(16)]))
-  out = preprocess.inception_eval(tf.constant(img), resize=20, crop=16, norm="bit").numpy()
-  np.testing.assert_allclose(out, expected, atol=_TOL)
+    img = _image(h, w)
+    expected = np.asarray(T.Compose([T.Resize(20), T.CenterCrop(16)])(Image.fromarray(img)))
+    out = preprocess.inception_eval(tf.constant(img), resize=20, crop=16).numpy()
+    assert out.dtype == np.uint8
+    assert _diff(out, expected) <= _PIL_TOL
 
 
-def test_imagenet_normalisation_matches_torchvision():
-  img = _image(8, 8)
-  expected = T.Compose([T.ToTensor(), T.Normalize(preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD)])(
-      Image.fromarray(img)).permute(1, 2, 0).numpy()
-  np.testing.assert_allclose(preprocess.normalize(tf.constant(img), "imagenet").numpy(), expected, atol=1e-5)
-  bit = preprocess.normalize(tf.constant(img), "bit").numpy()
-  np.testing.assert_allclose(bit, img / 127.5 - 1.0, atol=1e-6)
+@pytest.mark.parametrize("h,w,size", [(20, 30, 48), (64, 50, 24), (30, 45, 40)])   # enlarge, shrink, mixed
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_uint8_outputs_are_the_float_resize_rounded_to_nearest(h, w, size, dtype):
+    img = np.random.default_rng(1).integers(0, 256, (h, w, 3)).astype(dtype)
+    exact = tf.image.resize(img.astype(np.float32), (size, size), antialias=True).numpy()
+    out = preprocess.bit_eval(tf.constant(img), crop=size).numpy()
+    assert np.abs(out - exact).max() <= 0.5 + 1e-3      # nearest level, not truncated
+    assert abs((out - exact).mean()) < 0.05              # no bias
+    # After model_input, within one grey level of normalising the float resize.
+    np.testing.assert_allclose(preprocess.model_input(out, "bit"), exact / 127.5 - 1.0, atol=1 / 127.5)
+    # The train op rounds the same way: the float resize of its window.
+    window, flip = preprocess.bit_crop_window(h, w, _seed(0), resize=size, crop=size - 8)
+    y, x, wh, ww = window.numpy().tolist()
+    pixels = img[y:y + wh, x:x + ww][:, ::-1 if flip else 1].astype(np.float32)
+    exact = tf.image.resize(pixels, (size - 8, size - 8), antialias=True).numpy()
+    out = preprocess.bit_train(tf.constant(img), _seed(0), resize=size, crop=size - 8).numpy()
+    assert np.abs(out - exact).max() <= 0.5 + 1e-3
 
 
-def test_unknown_norm_lists_choices():
-  with pytest.raises(ValueError, match=r"pp.norm 'zscore'.*\['bit', 'imagenet'\]"):
-    preprocess.normalize(tf.zeros([2, 2, 3]), "zscore")
+# ----------------------------------------------------------------------------- model_input
 
 
-def _jpeg(img, subsampling):
-  buf = io.BytesIO()
-  Image.fromarray(img).save(buf, "JPEG", quality=95, subsampling=subsampling)
-  return buf.getvalue()
+def test_model_input_matches_torchvision_normalize():
+    images = np.stack([_image(8, 9, seed=s) for s in range(2)])
+    for norm, (mean, std) in {"imagenet": (preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD),
+                              "bit": ((0.5,) * 3, (0.5,) * 3)}.items():
+        expected = np.stack([T.Compose([T.ToTensor(), T.Normalize(mean, std)])(Image.fromarray(im)).permute(1, 2, 0).numpy()
+                             for im in images])
+        got = preprocess.model_input(images, norm)
+        assert got.dtype == np.float32 and got.shape == images.shape
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_model_input_on_jax_arrays_and_float_passthrough():
+    images = np.stack([_image(8, 9, seed=s) for s in range(2)])
+    for norm in preprocess.NORMS:
+        got = jax.jit(lambda x, norm=norm: preprocess.model_input(x, norm))(jnp.asarray(images))
+        assert isinstance(got, jax.Array) and got.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(got), preprocess.model_input(images, norm), atol=1e-6)
+    floats = np.linspace(-1, 1, 24, dtype=np.float32).reshape(2, 2, 2, 3)
+    assert preprocess.model_input(floats, "imagenet") is floats
+    floats_jax = jnp.asarray(floats, jnp.bfloat16)
+    assert preprocess.model_input(floats_jax, "bit") is floats_jax
+
+
+def test_model_input_errors_name_the_bad_norm_or_dtype():
+    with pytest.raises(ValueError, match=r"pp.norm 'zscore'.*\['bit', 'imagenet'\]"):
+        preprocess.model_input(np.zeros([1, 2, 2, 3], np.uint8), "zscore")
+    with pytest.raises(ValueError, match="uint8 or float images, got dtype int32"):
+        preprocess.model_input(np.zeros([1, 2, 2, 3], np.int32), "bit")
+
+
+# ----------------------------------------------------------------------------- inception, decoding
 
 
 def test_inception_crop_jpeg_fast_path_equals_generic_path():
-  # Without chroma subsampling, decoding only the window is exact.
-  encoded = tf.constant(_jpeg(_image(48, 64), subsampling=0))
-  for i in range(5):
-    fast = preprocess.decode_and_inception_crop(encoded, _seed(i), crop=24, norm="bit").numpy()
-    slow = preprocess.inception_train(preprocess.decode_rgb(encoded), _seed(i), crop=24, norm="bit").numpy()
-    assert fast.shape == (24, 24, 3)
-    np.testing.assert_allclose(fast, slow, atol=1e-5)
-  # With 4:2:0 chroma, only the chroma upsampling at the window's border differs.
-  encoded = tf.constant(_jpeg(_image(48, 64), subsampling=2))
-  for i in range(5):
-    fast = preprocess.decode_and_inception_crop(encoded, _seed(i), crop=24, norm="bit").numpy()
-    slow = preprocess.inception_train(preprocess.decode_rgb(encoded), _seed(i), crop=24, norm="bit").numpy()
-    assert np.abs(fast - slow).mean() < 0.02
+    # Without chroma subsampling, decoding only the window is exact.
+    encoded = tf.constant(_jpeg(_image(48, 64), subsampling=0))
+    for i in range(5):
+        fast = preprocess.decode_and_inception_crop(encoded, _seed(i), crop=24).numpy()
+        slow = preprocess.inception_train(preprocess.decode_rgb(encoded), _seed(i), crop=24).numpy()
+        assert fast.shape == (24, 24, 3) and fast.dtype == np.uint8
+        np.testing.assert_array_equal(fast, slow)
+    # With 4:2:0 chroma, only the chroma upsampling at the window's border differs.
+    encoded = tf.constant(_jpeg(_image(48, 64), subsampling=2))
+    for i in range(5):
+        fast = preprocess.decode_and_inception_crop(encoded, _seed(i), crop=24).numpy()
+        slow = preprocess.inception_train(preprocess.decode_rgb(encoded), _seed(i), crop=24).numpy()
+        assert np.abs(fast.astype(np.int64) - slow).mean() < 2.5
 
 
 def test_inception_window_respects_area_and_aspect_ranges():
-  areas, ratios = [], []
-  for i in range(200):
-    begin, size = preprocess.inception_window(tf.constant([100, 100, 3]), _seed(i))
-    h, w = int(size[0]), int(size[1])
-    assert 0 <= int(begin[0]) <= 100 - h and 0 <= int(begin[1]) <= 100 - w
-    areas.append(h * w / 1e4)
-    ratios.append(w / h)
-  # Integer rounding of the window can step slightly outside the nominal ranges.
-  assert min(areas) >= 0.07 and max(areas) <= 1.0
-  assert min(ratios) >= 0.7 and max(ratios) <= 1.4
-  assert np.std(areas) > 0.1     # crops really vary
+    areas, ratios = [], []
+    for i in range(200):
+        begin, size = preprocess.inception_window(tf.constant([100, 100, 3]), _seed(i))
+        h, w = int(size[0]), int(size[1])
+        assert 0 <= int(begin[0]) <= 100 - h and 0 <= int(begin[1]) <= 100 - w
+        areas.append(h * w / 1e4)
+        ratios.append(w / h)
+    # Integer rounding of the window can step slightly outside the nominal ranges.
+    assert min(areas) >= 0.07 and max(areas) <= 1.0
+    assert min(ratios) >= 0.7 and max(ratios) <= 1.4
+    assert np.std(areas) > 0.1     # crops really vary
 
 
 def test_grey_to_rgb():
-  grey = tf.constant([[[0.0], [1.0]]])
-  np.testing.assert_allclose(preprocess.grey01_to_rgb255(grey).numpy(), [[[0, 0, 0], [255, 255, 255]]])
+    grey = tf.constant([[[0.0], [1.0]]])
+    np.testing.assert_allclose(preprocess.grey01_to_rgb255(grey).numpy(), [[[0, 0, 0], [255, 255, 255]]])
 
 
 def test_decode_rgb_handles_grey_png():
-  buf = io.BytesIO()
-  Image.fromarray(np.full((5, 6), 77, np.uint8), mode="L").save(buf, "PNG")
-  out = preprocess.decode_rgb(tf.constant(buf.getvalue())).numpy()
-  assert out.shape == (5, 6, 3) and (out == 77).all()
+    buf = io.BytesIO()
+    Image.fromarray(np.full((5, 6), 77, np.uint8), mode="L").save(buf, "PNG")
+    out = preprocess.decode_rgb(tf.constant(buf.getvalue())).numpy()
+    assert out.shape == (5, 6, 3) and (out == 77).all()
 
 
 def test_decode_rgb_jpeg_equals_pil_pixels():
-  encoded = _jpeg(_image(37, 53), subsampling=2)
-  expected = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
-  np.testing.assert_array_equal(preprocess.decode_rgb(tf.constant(encoded)).numpy(), expected)
+    encoded = _jpeg(_image(37, 53), subsampling=2)
+    expected = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
+    np.testing.assert_array_equal(preprocess.decode_rgb(tf.constant(encoded)).numpy(), expected)

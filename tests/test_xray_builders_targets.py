@@ -3,7 +3,6 @@ of the reference's procedures (pandas + np.random.RandomState(42))."""
 
 import glob
 import os
-import sys
 
 import numpy as np
 import pandas as pd
@@ -194,7 +193,15 @@ def _reference_tb(folder, train):
     return files[:n_train] if train else files[n_train:]
 
 
-def test_tuberculosis_split_with_two_workers_and_skip_corrupt(tmp_path):
+def test_tuberculosis_split_with_two_workers_and_skip_corrupt(tmp_path, monkeypatch):
+    started = []   # worker counts of the pools the builder starts
+    start_pool = _common._start_pool
+
+    def recording_start_pool(num_workers):
+        started.append(num_workers)
+        return start_pool(num_workers)
+
+    monkeypatch.setattr(_common, "_start_pool", recording_start_pool)
     fx = fixtures.write_tuberculosis(tmp_path / "TB", n_shenzhen=20, n_montgomery=8, seed=5,
                                      corrupt=("MCUCXR_0003_0.png", "MCUCXR_0003_1.png"))
     builder = _prepare("tuberculosis_cxr", fx.root, tmp_path / "data", num_workers=2,
@@ -219,9 +226,8 @@ def test_tuberculosis_split_with_two_workers_and_skip_corrupt(tmp_path):
     assert kept["train"] + kept["test"] == 27
     assert sum(d["unreadable image"] for d in dropped.values()) == 1
     assert builder.info.features["label"].names == ["normal", "tuberculosis"]
-    # The worker processes ran (the stand-alone imaging module was loaded for them) and gave
-    # exactly what one process gives.
-    assert _common._WORKER_MODULE in sys.modules
+    # The worker processes ran and gave exactly what one process gives.
+    assert started == [2]
     serial = _prepare("tuberculosis_cxr", fx.root, tmp_path / "serial", num_workers=1,
                       skip_corrupt=True)
     for split in ("train", "test"):

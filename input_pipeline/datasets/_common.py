@@ -19,14 +19,13 @@ import itertools
 import math
 import multiprocessing
 import os
-import sys
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline.datasets import imaging
+from input_pipeline import imaging
 
 VERSION = tfds.core.Version("1.0.0")
 RELEASE_NOTES = {"1.0.0": "First release."}
@@ -204,40 +203,16 @@ def label_vector(values: Iterable[float]) -> np.ndarray:
     return np.asarray(list(values), dtype=np.float32)
 
 
-# Worker processes load imaging.py as a stand-alone top-level module. Importing it through
-# the package would run input_pipeline/__init__.py, which imports TensorFlow: ~0.8 GB and
-# several seconds in every worker, for code that needs only numpy and Pillow.
-_WORKER_MODULE = "_bit_medical_xray_imaging"
-_LOAD_WORKER_MODULE = """
-import importlib.util
-import sys
-if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-"""
-
-
-def _worker_module_args() -> tuple:
-    return _LOAD_WORKER_MODULE, {"name": _WORKER_MODULE, "path": imaging.__file__}
-
-
-def _worker_imaging():
-    """The stand-alone copy of `imaging` whose functions and tasks pickle for the workers."""
-    code, scope = _worker_module_args()
-    exec(code, scope)  # noqa: S102 -- fixed code above; registers the module once
-    return sys.modules[_WORKER_MODULE]
-
-
 def _start_pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """Worker processes for `process_image`, each loading only imaging.py (numpy + Pillow)."""
+    """Worker processes for `imaging.process_image`.
+
+    Unpickling `imaging.process_image` in a worker imports `input_pipeline.imaging` (numpy and
+    Pillow) and the package's `__init__`, which imports nothing heavy; TensorFlow stays out.
+    """
     # Not plain fork: the parent runs TensorFlow (and maybe JAX) threads, which a fork can
     # deadlock. forkserver forks from a fresh single-purpose process; spawn elsewhere.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return concurrent.futures.ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context(method),
-        initializer=exec, initargs=_worker_module_args())
+    return concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context(method))
 
 
 def _iter_results(tasks: Sequence[imaging.ImageTask], pool, window: int) -> Iterator:
@@ -246,11 +221,9 @@ def _iter_results(tasks: Sequence[imaging.ImageTask], pool, window: int) -> Iter
         for task in tasks:
             yield imaging.process_image(task)
         return
-    worker = _worker_imaging()
-    # Tasks are rebuilt as the stand-alone module's class so that they unpickle in the workers.
-    jobs = (worker.ImageTask(**dataclasses.asdict(t)) for t in tasks)
+    jobs = iter(tasks)
     pending = collections.deque(
-        pool.submit(worker.process_image, job) for job in itertools.islice(jobs, window))
+        pool.submit(imaging.process_image, job) for job in itertools.islice(jobs, window))
     try:
         while pending:
             try:
@@ -263,7 +236,7 @@ def _iter_results(tasks: Sequence[imaging.ImageTask], pool, window: int) -> Iter
                 ) from e
             nxt = next(jobs, None)
             if nxt is not None:
-                pending.append(pool.submit(worker.process_image, nxt))
+                pending.append(pool.submit(imaging.process_image, nxt))
             yield result
     finally:
         for future in pending:  # stopped early (an error): drop queued work
