@@ -11,6 +11,14 @@ os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+
+# Compilations are shared by every test process (xdist workers, CLI subprocesses) through
+# JAX's persistent cache: the same small train step is otherwise recompiled in each of them.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "bit_medical_test_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 # torchvision imports torch._dynamo, which loads triton, and libtriton segfaults in a process
 # that loaded TensorFlow first (both bundle LLVM). Triton compiles GPU kernels; no test uses it.

@@ -85,6 +85,19 @@ def load_params(source: str | os.PathLike) -> tuple[dict, dict]:
         f"released name or an exported run directory")
 
 
+def architecture_of(source: str | os.PathLike) -> bit.Architecture:
+    """The architecture a source holds, read from names or metadata before any weights."""
+    source = os.fspath(source)
+    if source in bit.PUBLISHED:
+        return bit.PUBLISHED[source]
+    if os.path.isdir(source):
+        meta = export.load_meta(source)
+        return bit.Architecture(tuple(meta["block_units"]), meta["width"])
+    params, _ = load_params(source)
+    units, width, _ = convert.infer_architecture(params, source)
+    return bit.Architecture(units, width)
+
+
 def load_model(source: str | os.PathLike, num_classes: int | None = None, *,
                dtype: Any = jnp.float32, remat: bool = False):
     """Loads a BiT model and its variables.

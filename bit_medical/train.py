@@ -1,0 +1,557 @@
+"""The train/eval loop of every experiment: pre-training on a source, transfer to a target.
+
+    data   = input_pipeline.get_datasets(config, start_step)      per-host batches
+    model  = a pre-trained BiT with a new zero head, or a fresh one
+    tx     = SGD (+ AGC) as optax; lr from BiT-HyperRule or the pre-training schedule
+    resume from the latest checkpoint, if any
+    for each step:
+        state = train_step(state, batch, lr)                        jit over the device mesh
+        log; every eval_every: evaluate (and the linear probe); every checkpoint_every: save
+    final evaluation -> metrics, results.csv; params-only export
+
+``train_step``, ``eval_step`` and ``features_step`` are module-level functions so that tests,
+benchmarks and colabs can use them directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Iterable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metric_writers, parameter_overview, periodic_actions
+
+import input_pipeline
+from bit_medical import checkpoint, fewshot, hyperrule, losses, metrics, optim, parallel, results
+from bit_medical.models import bit, export, pretrained
+
+SCHEDULE_KINDS = ("hyperrule", "step", "cosine")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    # The first step (counted from 1, as logged) whose loss or gradients were not finite; -1
+    # while all were. Such steps leave params unchanged, and the host stops the run.
+    nonfinite_step: jax.Array
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or inf loss; the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def train_step(state: TrainState, batch: dict, lr: jax.Array, mixup_lambda: jax.Array,
+               rng: jax.Array, *, model: bit.BiT, tx: optax.GradientTransformation,
+               norm: str = "bit", mixup_alpha: float = 0.0, batch_split: int = 1
+               ) -> tuple[TrainState, dict]:
+    """One optimiser update on a global batch; ``batch_split`` micro-batches accumulate.
+
+    ``tx`` has a unit learning rate (see ``make_optimizer``); ``lr`` scales its update here,
+    which for SGD equals PyTorch's ``p -= lr * step``. The step's mixup coefficient (one per
+    optimiser step, shared by its micro-batches, as in the reference) also comes from the host
+    (``mixup_lambda``, see ``mixup_lambdas``). Both keep the compiled step independent of the
+    schedule, so runs that differ only in it share one compilation (and Beta sampling, slow to
+    compile, stays out of the graph). ``norm`` turns uint8 images into model inputs on device.
+    """
+    batch = dict(batch, image=input_pipeline.model_input(batch["image"], norm))
+    step_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params, micro, micro_rng):
+        if mixup_alpha > 0:
+            mixed = losses.mixup(micro_rng, micro, mixup_alpha, model.num_classes,
+                                 lam=mixup_lambda)
+            logits = model.apply({"params": params}, mixed["image"])
+            return losses.mixup_loss(logits, mixed["label_a"], mixed["label_b"], mixed["lam"])
+        return losses.classification_loss(model.apply({"params": params}, micro["image"]),
+                                          micro["label"])
+
+    grad_fn = jax.value_and_grad(loss_fn)
+    if batch_split == 1:
+        loss, grads = grad_fn(state.params, batch, step_rng)
+    else:
+        # Micro-batch i takes rows i, i + k, i + 2k, ...: every device keeps an equal share of
+        # each micro-batch under the batch sharding.
+        micro_batches = jax.tree_util.tree_map(
+            lambda x: jnp.swapaxes(x.reshape((-1, batch_split) + x.shape[1:]), 0, 1), batch)
+
+        def accumulate(carry, xs):
+            micro, i = xs
+            loss, grads = grad_fn(state.params, micro, jax.random.fold_in(step_rng, i))
+            return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.params))
+        total, _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(batch_split)))
+        loss, grads = jax.tree_util.tree_map(lambda x: x / batch_split, total)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree_util.tree_map(lambda p, u: p + lr * u, state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step + 1,
+                                 state.nonfinite_step),
+    )
+    step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr,
+                    "param_norm": optax.tree.norm(params),
+                    "update_norm": lr * optax.tree.norm(updates)}
+    return new_state, step_metrics
+
+
+def eval_step(params: Any, batch: dict, *, model: bit.BiT, multilabel: bool,
+              norm: str = "bit") -> dict:
+    """Probabilities (softmax, or sigmoid for multi-label) and the masked loss of a batch."""
+    images = input_pipeline.model_input(batch["image"], norm)
+    logits = model.apply({"params": params}, images).astype(jnp.float32)
+    probs = jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits)
+    loss = losses.classification_loss(logits, batch["label"], mask=batch["mask"])
+    return {"probs": probs, "label": batch["label"], "mask": batch["mask"], "loss": loss}
+
+
+def features_step(params: Any, batch: dict, *, model: bit.BiT, norm: str = "bit") -> dict:
+    """Pre-logit features of a batch (for the linear probe)."""
+    images = input_pipeline.model_input(batch["image"], norm)
+    feats = model.apply({"params": params}, images, pre_logits=True)
+    return {"features": feats, "label": batch["label"], "mask": batch["mask"]}
+
+
+def mixup_lambdas(alpha: float, seed: int) -> Callable[[int], np.float32]:
+    """The mixup coefficient of each step: Beta(alpha, alpha), a pure function of (seed, step)."""
+    def draw(step: int) -> np.float32:
+        return np.float32(np.random.default_rng([seed, step]).beta(alpha, alpha))
+    return draw
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The config's optimiser with a unit learning rate (``train_step`` applies the lr)."""
+    o = config.optim
+    kwargs = dict(momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+    if o.name == "sgd_agc":
+        kwargs.update(clipping=o.clipping, eps=o.eps, unclipped=tuple(o.unclipped))
+    return optim.get_optimizer(o.name, 1.0, **kwargs)
+
+
+def make_schedule(config: ml_collections.ConfigDict, train_size: int
+                  ) -> tuple[Callable[[int], float], int, float]:
+    """Returns ``(lr(step), total_steps, mixup_alpha)`` for the run.
+
+    ``hyperrule``: BiT-HyperRule by training-set size (``schedule.rule`` 'paper': 500 steps
+    for few-shot, 10000 for full runs; 'bit': the official size rule). ``step``/``cosine``:
+    the pre-training schedules over ``schedule.epochs``. ``total_steps`` > 0 rescales the
+    schedule (warm-up, decays) to that many steps; ``mixup_alpha`` >= 0 overrides the rule.
+    """
+    s = config.schedule
+    if s.kind == "hyperrule":
+        rule = hyperrule.finetune_schedule(train_size, shots=config.data.shots or None,
+                                           rule=s.rule)
+        lr_fn, total = rule.lr_schedule(config.optim.base_lr), rule.total_steps
+        alpha = rule.mixup_alpha
+    elif s.kind in ("step", "cosine"):
+        steps_per_epoch = max(train_size // config.batch_size, 1)
+        lr_fn = optim.pretrain_schedule(
+            s.kind, base_lr=config.optim.base_lr, global_batch=config.batch_size,
+            steps_per_epoch=steps_per_epoch, epochs=s.epochs, warmup_epochs=s.warmup_epochs,
+            min_lr=s.min_lr)
+        total, alpha = s.epochs * steps_per_epoch, 0.0
+    else:
+        raise ValueError(f"Unknown schedule.kind {s.kind!r}; valid: {', '.join(SCHEDULE_KINDS)}")
+    if config.total_steps > 0:
+        natural_fn, scale = lr_fn, total / config.total_steps
+        lr_fn = lambda step: natural_fn(jnp.floor(step * scale))  # noqa: E731
+        total = config.total_steps
+    if config.mixup_alpha >= 0:
+        alpha = config.mixup_alpha
+    return jax.jit(lr_fn), int(total), float(alpha)
+
+
+def resolve_normalisation(config: ml_collections.ConfigDict) -> None:
+    """Fills an empty ``pp.norm`` with the normalisation the pre-trained model was trained on."""
+    if config.pp.norm:
+        return
+    source = config.get("pretrained", "")
+    if source in bit.PUBLISHED:
+        norm = "bit"  # released BiT models take [-1, 1] inputs
+    elif source and os.path.isdir(source):
+        norm = export.load_meta(source).get("preprocessing", {}).get("norm", "")
+    else:
+        norm = ""
+    if not norm:
+        raise ValueError(
+            f"pp.norm is empty and cannot be read off pretrained={source!r}; set "
+            f"--config.pp.norm=bit ([-1, 1]) or --config.pp.norm=imagenet (mean/std)")
+    config.pp.norm = norm
+
+
+def pretrained_model_tag(config: ml_collections.ConfigDict, arch: bit.Architecture) -> str:
+    """``<source>_bit<depth>x<width>`` as the paper's results name pre-trained models."""
+    if config.results.pretrained_model:
+        return config.results.pretrained_model
+    source = config.get("pretrained", "")
+    name = f"bit{arch.tag[1:]}"
+    if source in bit.PUBLISHED:
+        return {"S": "imagenet1k", "M": "imagenet21k"}[source.split("-")[1]] + "_" + name
+    if source and os.path.isdir(source):
+        return export.load_meta(source).get("pretrained_model") or f"custom_{name}"
+    return f"{'custom' if source else 'scratch'}_{name}"
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int, *, load_weights: bool
+                ) -> tuple[bit.BiT, Any]:
+    """The model, and its pre-trained float32 parameters when ``load_weights`` (else None).
+
+    Without pre-trained weights (training from scratch, or resuming, where the checkpoint
+    holds them) only the architecture is read.
+    """
+    options = dict(dtype=DTYPES[config.dtype], remat=config.remat)
+    if config.pretrained and load_weights:
+        model, variables = pretrained.load_model(config.pretrained, num_classes, **options)
+        return model, variables["params"]
+    if config.pretrained:
+        arch = pretrained.architecture_of(config.pretrained)
+        return bit.BiT(arch.block_units, arch.width, num_classes, zero_head=True,
+                       **options), None
+    return bit.create_model(config.model, num_classes, zero_head=config.zero_head,
+                            **options), None
+
+
+def _fresh_state(tx: optax.GradientTransformation, params: Any) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def _state_layout(model: bit.BiT, tx, mesh, image_size) -> tuple[Any, Any]:
+    """The train state's shapes (with shardings, the target of a restore) and shardings.
+
+    Derived from shapes alone, so nothing large is materialised on a single device.
+    """
+    param_shapes = bit.param_shapes(model, image_size=min(image_size))
+    shapes = jax.eval_shape(functools.partial(_fresh_state, tx), param_shapes)
+    shardings = parallel.state_sharding(mesh, shapes)
+    abstract = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+    return abstract, shardings
+
+
+def _init_params(model: bit.BiT, seed: int, image_size, sharding) -> Any:
+    images = jnp.zeros((1, *image_size, 3), jnp.float32)
+    init = jax.jit(lambda key: model.init(key, images)["params"], out_shardings=sharding)
+    return init(jax.random.key(seed))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _stack(outputs: list[dict]) -> dict:
+    """Concatenates host outputs batch by batch, keeping only real (unmasked) rows."""
+    keep = np.concatenate([o["mask"] for o in outputs]).astype(bool)
+    return {k: np.concatenate([o[k] for o in outputs])[keep]
+            for k in outputs[0] if k not in ("mask", "loss")}
+
+
+def evaluate(eval_fn: Callable, params: Any, batches: Iterable[dict], sharding, *,
+             multilabel: bool) -> dict[str, float]:
+    """Metrics over one pass of an eval split (every example once, padding masked out)."""
+    outputs, loss_sum, count = [], 0.0, 0
+    for local in batches:
+        out = parallel.to_host(eval_fn(params, parallel.global_batch(local, sharding)))
+        n = int(out["mask"].sum())
+        loss_sum, count = loss_sum + float(out["loss"]) * n, count + n
+        outputs.append(out)
+    if not count:
+        raise ValueError("The eval split is empty")
+    host = _stack(outputs)
+    result = metrics.compute(host["label"], host["probs"], multilabel=multilabel)
+    result["loss"] = loss_sum / count
+    return result
+
+
+def _features(features_fn, params, batches, sharding) -> tuple[np.ndarray, np.ndarray]:
+    host = _stack([parallel.to_host(features_fn(params, parallel.global_batch(b, sharding)))
+                   for b in batches])
+    return host["features"], host["label"]
+
+
+def linear_probe(features_fn: Callable, params: Any, probes: dict, sharding,
+                 config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Closed-form ridge accuracy on frozen features, k examples per class of each target."""
+    out = {}
+    for name, (data, num_classes) in probes.items():
+        train_x, train_y = _features(features_fn, params, data.evals["probe_train"](), sharding)
+        test_x, test_y = _features(features_fn, params, data.evals["probe_test"](), sharding)
+        for k in config.probe.shots:
+            idx = fewshot.select_shots(train_y, k, seed=config.seed, num_classes=num_classes)
+            acc = fewshot.probe_accuracy(train_x[idx], train_y[idx], test_x, test_y,
+                                         num_classes, l2=config.probe.l2)
+            out[f"probe/{name}/{k}shot"] = float(acc)
+    return out
+
+
+def _probe_datasets(config: ml_collections.ConfigDict) -> dict:
+    """Eval-only pipelines over each probe target's train and test splits."""
+    probes = {}
+    for name, target in config.probe.targets.items():
+        cfg = ml_collections.ConfigDict(config.to_dict())
+        cfg.data.update(name=target.name, train_split=target.train_split, shots=0,
+                        valid_ratio=0.0, oversample=False, views=None)
+        cfg.data.eval_splits = {"probe_train": target.train_split,
+                                "probe_test": target.test_split}
+        data = input_pipeline.get_datasets(cfg)
+        if data.info.multilabel:
+            raise ValueError(f"probe target {name!r} is multi-label; the ridge probe needs "
+                             f"single-label classes")
+        probes[name] = (data, data.info.num_classes)
+    return probes
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step (single process)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. a colab worker): no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def reached(self, mgr, step: int) -> bool:
+        if jax.process_count() > 1:  # all hosts must agree on the step to stop at
+            return mgr.reached_preemption(step)
+        return self.requested
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs the experiment ``config`` in ``workdir`` (resuming if it holds a checkpoint).
+
+    Returns the final evaluation metrics per eval split, or ``{"preempted": step}`` when a
+    SIGTERM stopped the run after saving its state.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())  # never mutate the caller's config
+    resolve_normalisation(config)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+
+    mesh = parallel.make_mesh(config.fsdp)
+    batch_sharding = parallel.batch_sharding(mesh)
+    mgr = checkpoint.manager(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints)
+    start = mgr.latest_step() or 0
+    data = input_pipeline.get_datasets(config, start_step=start)
+    info = data.info
+    model, params = build_model(config, info.num_classes, load_weights=start == 0)
+    lr_fn, total_steps, mixup_alpha = make_schedule(config, info.train_size)
+    tx = make_optimizer(config)
+    logging.info("%s: %d classes, %d training examples, %d steps, mixup %.2f", config.data.name,
+                 info.num_classes, info.train_size, total_steps, mixup_alpha)
+
+    abstract_state, state_shardings = _state_layout(model, tx, mesh, info.image_size)
+    if start:
+        state = checkpoint.restore(mgr, start, abstract_state)
+        logging.info("Resumed from %s at step %d", mgr.directory, start)
+    else:
+        if params is None:
+            params = _init_params(model, config.seed, info.image_size, state_shardings.params)
+        state = jax.jit(functools.partial(_fresh_state, tx), out_shardings=state_shardings)(params)
+    if is_main:
+        parameter_overview.log_parameter_overview(parallel.to_host(state.params))
+
+    rng = jax.random.key(config.seed)
+    lam_fn = mixup_lambdas(mixup_alpha, config.seed) if mixup_alpha > 0 else lambda _: 1.0
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, norm=config.pp.norm,
+                          mixup_alpha=mixup_alpha, batch_split=config.batch_split),
+        in_shardings=(state_shardings, batch_sharding, None, None, None),
+        out_shardings=(state_shardings, None), donate_argnums=0)
+    eval_fn = jax.jit(functools.partial(eval_step, model=model, multilabel=info.multilabel,
+                                        norm=config.pp.norm))
+    features_fn = jax.jit(functools.partial(features_step, model=model, norm=config.pp.norm))
+    probes = _probe_datasets(config) if config.probe.targets else {}
+
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                               every_secs=30)
+    pending: list[dict] = []
+    train_iter = iter(data.train)
+    with _Preemption() as preemption:
+        for step in range(start, total_steps):
+            batch = parallel.global_batch(next(train_iter), batch_sharding)
+            state, step_metrics = step_fn(state, batch, lr_fn(step), lam_fn(step), rng)
+            pending.append(step_metrics)
+            done = step + 1
+            progress(done)
+            if done % config.log_every == 0 or done == total_steps:
+                _check_finite(state)
+                writer.write_scalars(done, _mean(pending))
+                pending = []
+            if config.eval_every and done % config.eval_every == 0 and done < total_steps:
+                _evaluate_all(writer, done, eval_fn, state.params, data, batch_sharding, info)
+                if probes:
+                    writer.write_scalars(done, linear_probe(features_fn, state.params, probes,
+                                                            batch_sharding, config))
+            if done % config.checkpoint_every == 0 or done == total_steps:
+                _check_finite(state)
+                checkpoint.save(mgr, done, state, force=True)
+            if preemption.reached(mgr, done) and done < total_steps:
+                _check_finite(state)
+                checkpoint.save(mgr, done, state, force=True)
+                mgr.wait_until_finished()
+                logging.warning("Preempted at step %d; run the same command to resume", done)
+                writer.flush()
+                return {"preempted": done}
+    mgr.wait_until_finished()
+
+    final = _evaluate_all(writer, total_steps, eval_fn, state.params, data, batch_sharding, info)
+    if probes:
+        final["probe"] = linear_probe(features_fn, state.params, probes, batch_sharding, config)
+        writer.write_scalars(total_steps, final["probe"])
+    writer.flush()
+    tag = pretrained_model_tag(config, model.architecture)
+    host_params = parallel.to_host(state.params)
+    if is_main and config.schedule.kind == "hyperrule":
+        _append_results(config, workdir, final, tag, total_steps)
+    export.save(os.path.join(workdir, export.EXPORT_DIRNAME), host_params,
+                export_meta(config, model, info, tag, total_steps))
+    mgr.close()
+    return final
+
+
+def _check_finite(state: TrainState) -> None:
+    bad = int(jax.device_get(state.nonfinite_step))
+    if bad >= 0:
+        raise NonFiniteLossError(
+            f"Non-finite loss or gradients at step {bad}; stopping. The parameters after step "
+            f"{bad - 1} are kept and no checkpoint with non-finite values was written.")
+
+
+def _mean(pending: list[dict]) -> dict[str, float]:
+    host = jax.device_get(pending)
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def _evaluate_all(writer, step, eval_fn, params, data, sharding, info) -> dict[str, dict]:
+    out = {}
+    for split, batches in data.evals.items():
+        start = time.perf_counter()
+        out[split] = evaluate(eval_fn, params, batches(), sharding, multilabel=info.multilabel)
+        scalars = {f"{split}/{k}": v for k, v in out[split].items() if np.isfinite(v)}
+        writer.write_scalars(step, scalars)
+        logging.info("%s at step %d (%.1f s): %s", split, step, time.perf_counter() - start,
+                     ", ".join(f"{k} {out[split][k]:.4f}" for k in
+                               ("loss", "acc", "mean_auc", "mean_average_precision")))
+    return out
+
+
+def _append_results(config, workdir: str, final: dict, tag: str, last_step: int) -> None:
+    for split, split_metrics in final.items():
+        if split == "probe":
+            continue
+        results.append(
+            os.path.join(workdir, "results.csv"), metrics.with_prefix(split_metrics, split),
+            path=os.path.abspath(workdir), seed=config.seed,
+            shot=results.shot_name(config.data.shots or None), pretrained_model=tag,
+            dataset=config.results.dataset or config.data.name, last_step=last_step)
+
+
+def export_meta(config, model: bit.BiT, info, tag: str, step: int) -> dict:
+    """What other code needs besides the weights: architecture, labels, preprocessing."""
+    return {
+        "model": config.get("model") or "",
+        "block_units": list(model.block_units), "width": model.width,
+        "num_classes": info.num_classes, "label_names": list(info.label_names),
+        "multilabel": info.multilabel,
+        "preprocessing": {"kind": config.pp.kind, "resize": config.pp.resize,
+                          "crop": config.pp.crop, "norm": config.pp.norm},
+        "image_size": list(info.image_size),
+        "source": config.data.name, "pretrained_model": tag, "step": step,
+    }
+
+
+# ----------------------------------------------------------------------------- finished runs
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run in ``workdir`` was started with."""
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{workdir} holds no run: {path} is missing") from None
+
+
+def restore_workdir(workdir: str):
+    """``(config, model, state, data)`` of the latest checkpoint of the run in ``workdir``."""
+    config = load_config(workdir)
+    mgr = checkpoint.manager(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints)
+    step = mgr.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {mgr.directory}")
+    data = input_pipeline.get_datasets(config)
+    model, _ = build_model(config, data.info.num_classes, load_weights=False)
+    abstract_state, _ = _state_layout(model, make_optimizer(config),
+                                      parallel.make_mesh(config.fsdp), data.info.image_size)
+    state = checkpoint.restore(mgr, step, abstract_state)
+    mgr.close()
+    return config, model, state, data
+
+
+def evaluate_workdir(workdir: str, split: str | None = None) -> dict[str, dict]:
+    """Metrics of the latest checkpoint in ``workdir`` on its eval splits (or one of them)."""
+    config, model, state, data = restore_workdir(workdir)
+    splits = dict(data.evals)
+    if split is not None:
+        if split not in splits:
+            raise ValueError(f"Unknown split {split!r}; this run evaluates on {sorted(splits)}")
+        splits = {split: splits[split]}
+    eval_fn = jax.jit(functools.partial(eval_step, model=model, multilabel=data.info.multilabel,
+                                        norm=config.pp.norm))
+    sharding = parallel.batch_sharding(parallel.make_mesh(config.fsdp))
+    return {name: evaluate(eval_fn, state.params, batches(), sharding,
+                           multilabel=data.info.multilabel) for name, batches in splits.items()}
+
+
+def export_workdir(workdir: str) -> str:
+    """Writes the params-only export of the latest checkpoint in ``workdir``; returns its path."""
+    config, model, state, data = restore_workdir(workdir)
+    tag = pretrained_model_tag(config, model.architecture)
+    return export.save(os.path.join(workdir, export.EXPORT_DIRNAME),
+                       parallel.to_host(state.params),
+                       export_meta(config, model, data.info, tag, int(state.step)))

@@ -1,0 +1,258 @@
+"""The train loop end to end: learning, sharding, multi-process, resumption, preemption, NaN.
+
+Runs use the demo's synthetic chest X-rays (prepared once per session) and its smallest BiT at
+32 px, so a run takes seconds once compiled; compilations are shared across processes through
+the persistent cache that tests/conftest.py configures. The command-line runs fine-tune a small
+random "pre-trained" model with plain SGD (no init or AGC to compile: that is what costs time
+here); the in-process ones cover pre-training with AGC and multi-label BCE.
+"""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from bit_medical import results, train
+from bit_medical.models import export
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    from input_pipeline import datasets
+    from input_pipeline.datasets import fixtures
+
+    root = tmp_path_factory.mktemp("demo_data")
+    fixtures.write_chexpert(root / "chexpert", n_train=48, n_valid=12, image_size=(40, 36),
+                            small=True, seed=0)
+    fixtures.write_tuberculosis(root / "tb", n_shenzhen=24, n_montgomery=8, image_size=(40, 36),
+                                seed=1)
+    data = str(root / "tfds")
+    datasets.prepare("chexpert_v1", manual_dir=root / "chexpert", data_dir=data, config="full",
+                     num_workers=1)
+    datasets.prepare("tuberculosis_cxr", manual_dir=root / "tb", data_dir=data, config="full",
+                     num_workers=1)
+    return data
+
+
+@pytest.fixture(scope="session")
+def small_npz(tmp_path_factory):
+    """A random BiT-R14x0.5 in the official .npz layout, standing in for a pre-trained model."""
+    import jax
+
+    from bit_medical.models import bit, convert
+
+    model = bit.create_model("BiT-R14x0.5", 13)
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(
+        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
+        bit.param_shapes(model))
+    path = tmp_path_factory.mktemp("pretrained") / "small.npz"
+    convert.save_npz(params, path)
+    return str(path)
+
+
+def _overrides(**extra):
+    """CLI overrides making the demo's transfer stage tiny (32 px, batch 8, 6 steps, SGD)."""
+    values = {"batch_size": 8, "eval_batch_size": 8, "log_every": 1, "checkpoint_every": 2,
+              "total_steps": STEPS, "pp.crop": 32, "pp.resize": 36, "pp.norm": "bit",
+              "optim.name": "sgd", **extra}
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def _config(data_dir, **extra):
+    """The same tiny run as a ConfigDict, for in-process calls."""
+    from bit_medical import demo
+
+    config = demo.demo_config(stage="pretrain", data_dir=data_dir, probe=False)
+    for key, value in {"batch_size": 8, "eval_batch_size": 8, "log_every": 1, "eval_every": 0,
+                       "checkpoint_every": 2, "total_steps": STEPS, **extra}.items():
+        config[key] = value
+    config.pp.crop = config.pp.resize = 32
+    return config
+
+
+def _cli(args, *, env=None, timeout=600, check=True):
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "bit_medical.main", *args], cwd=REPO,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _train_args(data_dir, pretrained, workdir, *extra):
+    return ["train", f"--config=configs/demo.py:stage=transfer,data_dir={data_dir},"
+            f"pretrained={pretrained}", f"--workdir={workdir}", *_overrides(), *extra]
+
+
+def _scalars(workdir, tag="loss"):
+    """{step: value} of a scalar the run logged to TensorBoard."""
+    import tensorflow as tf
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    out[event.step] = float(tf.make_ndarray(value.tensor))
+    return out
+
+
+def _params(workdir):
+    return export.load(workdir)[1]
+
+
+def _assert_same_params(a, b, **tol):
+    import jax
+
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
+
+
+@pytest.fixture(scope="session")
+def reference_run(data_dir, small_npz, tmp_path_factory):
+    """One uninterrupted single-device run: the baseline the other runs must reproduce."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    _cli(_train_args(data_dir, small_npz, workdir))
+    return workdir
+
+
+def test_tiny_run_lowers_the_loss(data_dir, tmp_path):
+    config = _config(data_dir, total_steps=30)
+    config.optim.base_lr = 0.8
+    final = train.train_and_evaluate(config, str(tmp_path))
+    loss = _scalars(str(tmp_path))
+    assert len(loss) == 30
+    first, last = np.mean([loss[s] for s in (1, 2, 3)]), np.mean([loss[s] for s in (28, 29, 30)])
+    assert last < 0.9 * first, (first, last)
+    assert set(final) == {"val"} and 0 <= final["val"]["mean_auc"] <= 1
+
+
+def test_eight_devices_give_the_single_device_loss_curve(data_dir, small_npz, reference_run,
+                                                         tmp_path):
+    _cli(_train_args(data_dir, small_npz, tmp_path),
+         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    one, eight = _scalars(reference_run), _scalars(str(tmp_path))
+    assert sorted(one) == sorted(eight) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([eight[s] for s in one], [one[s] for s in one], atol=1e-4)
+
+
+def test_two_processes_train_together(data_dir, small_npz, reference_run, tmp_path):
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "bit_medical.main",
+         *_train_args(data_dir, small_npz, tmp_path, f"--coordinator_address=localhost:{port}",
+                      "--num_processes=2", f"--process_id={i}")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-5000:]
+    one, two = _scalars(reference_run), _scalars(str(tmp_path))
+    np.testing.assert_allclose([two[s] for s in sorted(one)], [one[s] for s in sorted(one)],
+                               atol=1e-4)
+    _assert_same_params(_params(str(tmp_path)), _params(reference_run), atol=1e-5)
+
+
+def test_killed_run_resumes_to_the_same_parameters(data_dir, small_npz, reference_run, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "bit_medical.main",
+                             *_train_args(data_dir, small_npz, tmp_path)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not os.path.exists(tmp_path / "checkpoints" / "2") and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(tmp_path / "export"), "the run finished before it was killed"
+    _cli(_train_args(data_dir, small_npz, tmp_path))
+    _assert_same_params(_params(str(tmp_path)), _params(reference_run), rtol=0, atol=0)
+    loss, reference = _scalars(str(tmp_path)), _scalars(reference_run)
+    assert all(loss[s] == reference[s] for s in loss)
+
+
+def test_sigterm_saves_and_exits_cleanly(data_dir, small_npz, tmp_path):
+    config_args = _train_args(data_dir, small_npz, tmp_path)
+    config_args = [a if not a.startswith("--config.total_steps") else "--config.total_steps=400"
+                   for a in config_args]
+    proc = subprocess.Popen([sys.executable, "-m", "bit_medical.main", *config_args,
+                             "--config.checkpoint_every=1000"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while len(_scalars(str(tmp_path))) < 3:  # wait for a few logged steps
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = json.loads(out)["preempted"]
+    assert 3 <= stopped < 400
+    assert [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()] == [str(stopped)]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    import jax
+    import orbax.checkpoint as ocp
+
+    train.train_and_evaluate(_config(data_dir, total_steps=4), str(tmp_path))  # saves 2 and 4
+    config = _config(data_dir, total_steps=10, checkpoint_every=1)
+    config.optim.base_lr = 1e30  # diverges after the resumed step 4
+    with pytest.raises(train.NonFiniteLossError, match=r"at step (\d+)") as err:
+        train.train_and_evaluate(config, str(tmp_path))
+    bad = int(err.value.args[0].split("at step ")[1].split(";")[0])
+    assert 5 <= bad <= 10
+    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert saved[-1] < bad and 4 in saved
+    for step in saved:  # every checkpoint kept holds finite parameters
+        state = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(step) / "default")
+        assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state["params"]))
+
+
+def test_eval_and_export_commands_reproduce_the_run(data_dir, reference_run, tmp_path):
+    import orbax.checkpoint as ocp
+
+    out = json.loads(_cli(["eval", f"--workdir={reference_run}"]).stdout)
+    with open(os.path.join(reference_run, "config.json")) as f:
+        assert json.load(f)["total_steps"] == STEPS
+    # The run's own final evaluation was written to TensorBoard under test/...
+    assert out["test"]["acc"] == pytest.approx(_scalars(reference_run, "test/acc")[STEPS],
+                                               abs=1e-6)
+    rows = {r["metric"]: r["metric_value"]
+            for r in results.load(os.path.join(reference_run, "results.csv"))}
+    assert rows["test/acc"] == pytest.approx(out["test"]["acc"], abs=1e-6)
+    params = ocp.StandardCheckpointer().restore(os.path.join(reference_run, "export", "params"))
+    meta = json.load(open(os.path.join(reference_run, "export", "model.json")))
+    assert meta["num_classes"] == 2 and meta["label_names"] == ["normal", "tuberculosis"]
+    assert meta["preprocessing"] == {"kind": "bit", "resize": 36, "crop": 32, "norm": "bit"}
+    assert meta["multilabel"] is False and meta["step"] == STEPS
+    assert params["head"]["conv2d"]["kernel"].shape == (1, 1, 1024, 2)
+
+
+def test_transfer_from_a_pretraining_run_writes_results_csv(data_dir, tmp_path):
+    from bit_medical import demo
+
+    pretrain_dir = str(tmp_path / "pretrain")
+    train.train_and_evaluate(_config(data_dir, total_steps=2, checkpoint_every=2), pretrain_dir)
+    config = demo.demo_config(stage="transfer", data_dir=data_dir, shots=2, seed=3,
+                              pretrained=pretrain_dir, steps=4)
+    config.batch_size = config.eval_batch_size = 8
+    config.pp.crop, config.pp.resize = 32, 36
+    final = train.train_and_evaluate(config, str(tmp_path / "transfer"))
+    assert config.pp.norm == ""  # resolved from the pre-training run's export: bit
+    rows = results.load(str(tmp_path / "transfer" / "results.csv"))
+    by_metric = {r["metric"]: r for r in rows}
+    assert by_metric["test/acc"]["metric_value"] == pytest.approx(final["test"]["acc"])
+    row = by_metric["test/acc"]
+    assert (row["shot"], row["seed"], row["last_step"], row["dataset"]) == (
+        "2_shot", 3, 4, "tuberculosis_demo")
+    assert row["pretrained_model"] == "demo_chexpert_bit14x0.5"
