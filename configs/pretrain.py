@@ -80,8 +80,8 @@ def get_config(arg=None):
     c.data.train_dir = args.train_dir
     c.pp.update(source["pp"])
     for name in filter(None, args.probe.split("+")):
-        c.probe.targets[experiment.choice("probe target", name, PROBE_TARGETS)] = \
-            PROBE_TARGETS[name]
+        experiment.choice("probe target", name, PROBE_TARGETS)
+        c.probe.targets[name] = PROBE_TARGETS[name]
     c.results.pretrained_model = f"{args.source}_bit{bit.architecture(args.model).tag[1:]}"
 
     if args.smoke:
