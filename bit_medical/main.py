@@ -121,6 +121,9 @@ def _use_compilation_cache() -> None:
 def main(argv):
     absl_logging.set_verbosity(absl_logging.INFO)
     absl_logging.get_absl_logger().addFilter(_QuietLibraries())
+    from bit_medical import parallel
+
+    parallel.tune_xla_cpu()
     _use_compilation_cache()
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"Usage: bit-medical {{{','.join(COMMANDS)}}} [flags]; see --help")

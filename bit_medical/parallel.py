@@ -25,6 +25,33 @@ FSDP_AXIS = "fsdp"
 FSDP_MIN_SIZE = 1 << 16
 
 
+# XLA:CPU (jaxlib >= 0.10) hands convolutions and their fused neighbours to YNNPACK by default;
+# for BiT's weight-standardised convolutions and GroupNorm that runs a train step 1.5-1.7x
+# slower on 2 cores than XLA's own kernels (benchmarks/RESULTS.md), and jaxlib 0.11.2 has a
+# known miscompilation in it. Older jaxlibs do not know the flag and would abort on it.
+_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+_CPU_FLAG_SINCE = (0, 10)
+
+
+def tune_xla_cpu() -> None:
+    """Adds BiT's faster XLA:CPU setting to ``XLA_FLAGS`` unless the user set that flag.
+
+    Call before the first JAX computation (flags are read when the backend starts); accelerator
+    backends ignore it. ``BIT_MEDICAL_KEEP_XLA_FLAGS=1`` leaves ``XLA_FLAGS`` untouched.
+    """
+    from importlib import metadata
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if os.environ.get("BIT_MEDICAL_KEEP_XLA_FLAGS") or "ynn_fusion_type" in flags:
+        return
+    try:
+        version = tuple(int(v) for v in metadata.version("jaxlib").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return
+    if version >= _CPU_FLAG_SINCE:
+        os.environ["XLA_FLAGS"] = f"{flags} {_CPU_FLAG}".strip()
+
+
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None, *, auto: bool = False) -> None:
     """Joins a multi-process run (``jax.distributed.initialize``) when asked to.

@@ -26,6 +26,11 @@ sys.modules.setdefault("triton", None)
 
 import jax  # noqa: E402
 
+from bit_medical import parallel  # noqa: E402
+
+# The CLI's CPU setting, so that in-process runs and parity tests see what users run.
+parallel.tune_xla_cpu()
+
 # Parity tests compare against PyTorch float32; XLA's CPU default is already full
 # precision, but make it explicit so a changed default cannot loosen the tests.
 jax.config.update("jax_default_matmul_precision", "highest")
