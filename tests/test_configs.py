@@ -25,8 +25,8 @@ def _module(name):
 PRETRAIN, TRANSFER, DEMO = _module("pretrain"), _module("transfer"), _module("demo")
 
 
-@pytest.mark.parametrize("source,model", itertools.product(
-    PRETRAIN.SOURCES, ["BiT-S-R50x1", "BiT-S-R152x4"]))
+@pytest.mark.parametrize("source,model", list(itertools.product(
+    PRETRAIN.SOURCES, ["BiT-S-R50x1", "BiT-S-R152x4"])))
 def test_pretrain_grid(source, model):
     c = PRETRAIN.get_config(f"source={source},model={model}")
     assert bit.architecture(c.model) == bit.architecture(model)
@@ -42,7 +42,7 @@ def test_pretrain_grid(source, model):
     assert c.is_locked
 
 
-@pytest.mark.parametrize("target,shots", itertools.product(TRANSFER.TARGETS, TRANSFER.SHOTS))
+@pytest.mark.parametrize("target,shots", list(itertools.product(TRANSFER.TARGETS, TRANSFER.SHOTS)))
 def test_transfer_grid(target, shots):
     c = TRANSFER.get_config(f"target={target},shots={shots},seed=4,pretrained=BiT-M-R50x1")
     assert c.data.shots == (0 if shots == "full" else int(shots))

@@ -11,6 +11,8 @@ import torch
 from timm.utils.agc import adaptive_clip_grad, unitwise_norm
 
 from bit_medical import optim
+from bit_medical.models import convert
+from bit_medical.models.convert import unflatten as nest
 
 NUM_CLASSES = 10
 
@@ -28,26 +30,8 @@ SHAPES = {
 }
 
 
-def nest(flat):
-    tree = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return tree
-
-
-def flatten(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, path + "/"))
-        else:
-            out[path] = np.asarray(value)
-    return out
+def flatten(tree):
+    return {k: np.asarray(v) for k, v in convert.flatten(tree).items()}
 
 
 def hwio_to_torch(x):

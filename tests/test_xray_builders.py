@@ -13,21 +13,9 @@ import tensorflow_datasets as tfds
 from input_pipeline import datasets as xray_datasets
 from input_pipeline.datasets import _common
 from input_pipeline.datasets import fixtures
+from xray_helpers import load as _load, prepare as _prepare
 
 NAN = math.nan
-
-
-def _prepare(name, fx_root, data_dir, config="224", **kwargs):
-    kwargs.setdefault("num_workers", 1)
-    return xray_datasets.prepare(name, manual_dir=fx_root, data_dir=data_dir, config=config, **kwargs)
-
-
-def _load(builder, split):
-    """{image_path: example} of one split, as numpy."""
-    out = {}
-    for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
-        out[ex["image_path"].decode()] = ex
-    return out
 
 
 def _check_against_fixture(builder, fx, splits):

@@ -8,24 +8,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 import pytest
-import tensorflow_datasets as tfds
 
-from input_pipeline import datasets as xray_datasets
 from input_pipeline.datasets import _common
 from input_pipeline.datasets import fixtures
 from input_pipeline.datasets import padchest
-
-
-def _prepare(name, fx_root, data_dir, config="224", **kwargs):
-    kwargs.setdefault("num_workers", 1)
-    return xray_datasets.prepare(name, manual_dir=fx_root, data_dir=data_dir, config=config, **kwargs)
-
-
-def _load(builder, split):
-    out = {}
-    for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
-        out[ex["image_path"].decode()] = ex
-    return out
+from xray_helpers import load as _load, prepare as _prepare
 
 
 # ----------------------------------------------------------------------------- PadChest
