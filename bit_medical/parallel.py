@@ -27,8 +27,8 @@ FSDP_MIN_SIZE = 1 << 16
 
 # XLA:CPU (jaxlib >= 0.10) hands convolutions and their fused neighbours to YNNPACK by default;
 # for BiT's weight-standardised convolutions and GroupNorm that runs a train step 1.5-1.7x
-# slower on 2 cores than XLA's own kernels (benchmarks/RESULTS.md), and jaxlib 0.11.2 has a
-# known miscompilation in it. Older jaxlibs do not know the flag and would abort on it.
+# slower on 2 cores than XLA's own kernels (benchmarks/RESULTS.md). Older jaxlibs do not know
+# the flag and would abort on it.
 _CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 _CPU_FLAG_SINCE = (0, 10)
 
