@@ -7,8 +7,8 @@ is logged: a cheap view of transfer quality while pre-training runs (the idea of
 few-shot evaluator; this is an independent implementation).
 
 ``fit_ridge`` and ``probe_accuracy`` are jitted (``num_classes`` static, ``l2`` traced, so an
-l2 sweep does not recompile) and run where their inputs live; ``select_shots`` is host-side
-numpy and picks the probe's training subset the way the reference picks few-shot subsets.
+l2 sweep does not recompile) and run where their inputs live. The probe's k examples per
+class are drawn by ``input_pipeline.fewshot.k_shot_indices``, as the transfer runs' subsets.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 
 DEFAULT_L2 = 1.0
@@ -102,47 +101,3 @@ def probe_accuracy(
         return correct.mean()
     m = jnp.asarray(test_mask, jnp.float32)
     return (correct * m).sum() / jnp.maximum(m.sum(), 1.0)
-
-
-def select_shots(
-    labels: np.ndarray, k: int, seed: int, *, num_classes: int | None = None
-) -> np.ndarray:
-    """Indices of k examples per class, drawn with ``np.random.RandomState(seed)``.
-
-    Same draw as the reference's few-shot subset (``examples_per_class``): for each class in
-    order, shuffle that class's indices and keep the first k; then shuffle the concatenation.
-    A class with fewer than k examples contributes all of them (as in the reference).
-
-    Args:
-      labels: ``[N]`` int class indices.
-      k: examples per class, >= 1.
-      seed: the run's seed; the same seed gives the same indices on every host.
-      num_classes: number of classes (default ``labels.max() + 1``).
-
-    Returns:
-      int64 indices into ``labels``, in shuffled order.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"labels must be a 1-D int array of class indices, got shape {labels.shape} "
-            f"dtype {labels.dtype}"
-        )
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k (examples per class) must be an int >= 1, got {k!r}")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"labels must be >= 0, found {labels.min()}")
-    if num_classes is None:
-        num_classes = int(labels.max()) + 1 if labels.size else 0
-    elif labels.size and labels.max() >= num_classes:
-        raise ValueError(f"labels must be < num_classes={num_classes}, found {labels.max()}")
-    rng = np.random.RandomState(seed)
-    positions = np.arange(len(labels))
-    chosen = []
-    for cls in range(num_classes):
-        in_class = positions[labels == cls]
-        rng.shuffle(in_class)
-        chosen.append(in_class[:k])
-    indices = np.concatenate(chosen) if chosen else np.zeros((0,), np.int64)
-    rng.shuffle(indices)
-    return indices.astype(np.int64)

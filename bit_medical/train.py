@@ -34,6 +34,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 import input_pipeline
 from bit_medical import checkpoint, fewshot, hyperrule, losses, metrics, optim, parallel, results
 from bit_medical.models import bit, export, pretrained
+from input_pipeline.fewshot import k_shot_indices
 
 SCHEDULE_KINDS = ("hyperrule", "step", "cosine")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -301,7 +302,7 @@ def linear_probe(features_fn: Callable, params: Any, probes: dict, sharding,
         train_x, train_y = _features(features_fn, params, data.evals["probe_train"](), sharding)
         test_x, test_y = _features(features_fn, params, data.evals["probe_test"](), sharding)
         for k in config.probe.shots:
-            idx = fewshot.select_shots(train_y, k, seed=config.seed, num_classes=num_classes)
+            idx = k_shot_indices(train_y, k, config.seed, num_classes)
             acc = fewshot.probe_accuracy(train_x[idx], train_y[idx], test_x, test_y,
                                          num_classes, l2=config.probe.l2)
             out[f"probe/{name}/{k}shot"] = float(acc)

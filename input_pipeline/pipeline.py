@@ -226,7 +226,7 @@ def xray_source(names: list[str], split: str, *, data_dir, views, label_set,
     xray = _xray_module()
     src = xray.read(names, split, data_dir=data_dir, views=views, label_set=label_set,
                     builder_config=builder_config)
-    dataset = src.dataset.map(_plain(lambda ex: {"image": ex["image"], "label": ex["label"]}))
+    dataset = src.dataset  # {"image": encoded bytes, "label"}
 
     def read(start, stop, ordered):
         del ordered  # The X-ray reader has one fixed order.

@@ -7,6 +7,7 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from bit_medical import fewshot
+from input_pipeline.fewshot import k_shot_indices
 
 
 def _problem(n, d, c, seed, scale=1.0):
@@ -78,7 +79,7 @@ def test_probe_is_perfect_on_separable_features(k):
     centres = rng.normal(size=(c, d)) * 3.0
     pool_y = np.repeat(np.arange(c), 50).astype(np.int32)
     pool_x = (centres[pool_y] + 0.3 * rng.normal(size=(len(pool_y), d))).astype(np.float32)
-    idx = fewshot.select_shots(pool_y, k, seed=0)
+    idx = k_shot_indices(pool_y, k, seed=0, num_classes=c)
     test_y = rng.randint(0, c, size=500).astype(np.int32)
     test_x = (centres[test_y] + 0.3 * rng.normal(size=(500, d))).astype(jnp.bfloat16)
     acc = fewshot.probe_accuracy(pool_x[idx], pool_y[idx], test_x, test_y, c, 1.0)
@@ -99,52 +100,6 @@ def test_l2_sweep_does_not_retrace():
     # Larger l2 shrinks the weights: the traced l2 really reaches the solve.
     norms = [float(jnp.linalg.norm(w)) for w, _ in results]
     assert norms[0] > norms[1] > norms[2]
-
-
-def _reference_fewshot_indices(labels, k, seed, num_classes):
-    # The reference's examples_per_class sampling, restated for comparison.
-    rng = np.random.RandomState(seed)
-    inds = np.arange(len(labels))
-    picked = []
-    for cl in range(num_classes):
-        inds_cl = inds[labels == cl]
-        rng.shuffle(inds_cl)
-        picked.append(inds_cl[:k])
-    picked = np.concatenate(picked)
-    rng.shuffle(picked)
-    return picked
-
-
-def test_select_shots_k_per_class_reproducible_and_like_the_reference():
-    rng = np.random.RandomState(0)
-    labels = rng.randint(0, 7, size=500)
-    labels[labels == 6] = 5  # class 6 absent
-    labels[np.flatnonzero(labels == 3)[2:]] = 4  # class 3 has only 2 examples
-    idx = fewshot.select_shots(labels, 5, seed=11, num_classes=7)
-    counts = np.bincount(labels[idx], minlength=7)
-    assert counts.tolist() == [5, 5, 5, 2, 5, 5, 0]
-    assert len(set(idx.tolist())) == len(idx)
-    np.testing.assert_array_equal(idx, _reference_fewshot_indices(labels, 5, 11, 7))
-    np.testing.assert_array_equal(idx, fewshot.select_shots(labels, 5, seed=11, num_classes=7))
-    assert not np.array_equal(idx, fewshot.select_shots(labels, 5, seed=12, num_classes=7))
-    # Without num_classes the classes run to labels.max(): same draw here.
-    np.testing.assert_array_equal(fewshot.select_shots(labels, 5, seed=11),
-                                  _reference_fewshot_indices(labels, 5, 11, 6))
-
-
-@pytest.mark.parametrize(
-    "labels,k,kwargs,match",
-    [
-        (np.zeros((4, 2), int), 1, {}, "1-D int array"),
-        (np.array([0.0, 1.0]), 1, {}, "1-D int array"),
-        (np.array([0, 1]), 0, {}, "k .* must be an int >= 1"),
-        (np.array([0, -1]), 1, {}, ">= 0"),
-        (np.array([0, 3]), 1, {"num_classes": 3}, "< num_classes=3"),
-    ],
-)
-def test_select_shots_errors(labels, k, kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        fewshot.select_shots(labels, k, seed=0, **kwargs)
 
 
 def test_fit_ridge_shape_error():

@@ -21,6 +21,7 @@ import zipfile
 from typing import Any, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 NPZ_PREFIX = "resnet/"
 
@@ -29,27 +30,14 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as asked: unreadable, or not the expected model."""
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
     """``{"a": {"b": x}}`` -> ``{"a/b": x}``."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     """``{"a/b": x}`` -> ``{"a": {"b": x}}``."""
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return tree
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 # --------------------------------------------------------------------------- official .npz

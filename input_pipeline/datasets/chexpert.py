@@ -30,7 +30,6 @@ OBSERVATIONS = (
 # CSV column of each label, in label order (sorted, then renamed in place).
 LABEL_COLUMNS = tuple(sorted(OBSERVATIONS))
 LABEL_NAMES = tuple("Effusion" if c == "Pleural Effusion" else c for c in LABEL_COLUMNS)
-DEFAULT_VIEWS = _common.VIEWS_PA_AP
 PATH_PREFIXES = ("CheXpert-v1.0/", "CheXpert-v1.0-small/")
 REQUIRED_COLUMNS = ("Path", "Frontal/Lateral", "AP/PA", "No Finding") + LABEL_COLUMNS
 
@@ -113,7 +112,6 @@ class ChexpertV1(_common.XrayBuilder):
     BUILDER_CONFIGS = _common.make_configs(square_crop=True)
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     LABEL_NAMES = LABEL_NAMES
-    DEFAULT_VIEWS = DEFAULT_VIEWS
     DESCRIPTION = (
         "CheXpert v1.0 (Irvin et al. 2019): chest radiographs with 13 observations labelled "
         "from reports. labels: float32[13], NaN = uncertain (-1) or not mentioned."

@@ -30,8 +30,6 @@ from input_pipeline.datasets import chexpert
 from input_pipeline.datasets import nih
 from input_pipeline.datasets import padchest
 
-IMAGE_KINDS = ("ok", "missing", "corrupt", "rgb", "8bit")
-
 
 @dataclasses.dataclass
 class Expected:
@@ -69,11 +67,10 @@ class Fixture:
     root: pathlib.Path
     examples: list
 
-    def kept(self, split: Optional[str] = None, *, readable_only: bool = True) -> list:
-        """Expected examples not left out by row rules (and readable), optionally of one split."""
-        out = [e for e in self.examples if e.dropped is None]
-        if readable_only:
-            out = [e for e in out if e.image not in ("missing", "corrupt")]
+    def kept(self, split: Optional[str] = None) -> list:
+        """Expected examples not left out by row rules and readable, optionally of one split."""
+        out = [e for e in self.examples
+               if e.dropped is None and e.image not in ("missing", "corrupt")]
         if split is not None:
             out = [e for e in out if e.split == split]
         return out

@@ -29,7 +29,6 @@ METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
 LABEL_COLUMNS = chexpert.LABEL_COLUMNS
 LABEL_NAMES = chexpert.LABEL_NAMES
-DEFAULT_VIEWS = _common.VIEWS_PA_AP
 SPLIT_NAMES = {"train": "train", "validate": "validation", "test": "test"}
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -125,7 +124,6 @@ class MimicCxrJpg(_common.XrayBuilder):
     BUILDER_CONFIGS = _common.make_configs(square_crop=True)
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     LABEL_NAMES = LABEL_NAMES
-    DEFAULT_VIEWS = DEFAULT_VIEWS
     DESCRIPTION = (
         "MIMIC-CXR-JPG 2.0.0 (Johnson et al. 2019): chest radiographs with the CheXpert "
         "labeller's 13 labels per study. labels: float32[13], NaN = uncertain or not mentioned."

@@ -28,7 +28,6 @@ LABEL_NAMES = tuple(sorted((
     "Fibrosis", "Effusion", "Pneumonia", "Pleural_Thickening", "Cardiomegaly", "Nodule",
     "Mass", "Hernia",
 )))
-DEFAULT_VIEWS = _common.VIEWS_PA_AP
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -102,7 +101,6 @@ class NihChestXray14(_common.XrayBuilder):
     BUILDER_CONFIGS = _common.make_configs(square_crop=True)
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     LABEL_NAMES = LABEL_NAMES
-    DEFAULT_VIEWS = DEFAULT_VIEWS
     DESCRIPTION = (
         "NIH ChestX-ray14 (Wang et al. 2017): 112,120 frontal chest radiographs with 14 "
         "text-mined labels. labels: float32[14] of 0/1. Splits: train = train_val_list.txt, "
