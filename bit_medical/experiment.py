@@ -58,7 +58,9 @@ def base() -> ml_collections.ConfigDict:
     c.seed = 0
     c.model = ""             # architecture (BiT-R50x1, ...) when training from scratch
     c.pretrained = ""        # released BiT name, .npz / PyTorch file, or a run's workdir
-    c.zero_head = False      # zero-initialised head when training from scratch
+    # The classifier head's init, for a model from scratch and for every transfer (which
+    # always starts from a new head): reference (PyTorch's default, as the paper) | zero (BiT)
+    c.head_init = "reference"
     c.dtype = "float32"      # compute dtype: float32 | bfloat16 (parameters stay float32)
     c.remat = False          # recompute activations in the backward pass (memory)
     c.fsdp = 1               # devices sharing each parameter tensor (1: replicated)
@@ -72,13 +74,15 @@ def base() -> ml_collections.ConfigDict:
     c.eval_every = 100       # 0: evaluate only at the end
     c.checkpoint_every = 500
     c.keep_checkpoints = 3
+    # Eval split whose loss picks WORKDIR/export_best, the export `pretrained=WORKDIR` transfers
+    # (the reference's pre-training keeps the best model by validation loss); empty: none.
+    c.best_split = ""
 
     c.optim = ml_collections.ConfigDict(dict(
         name="sgd_agc", base_lr=0.001, momentum=0.9, nesterov=True, weight_decay=0.0,
         clipping=0.01, eps=1e-3, unclipped=("head/conv2d/kernel",)))
     c.schedule = ml_collections.ConfigDict(dict(
         kind="hyperrule",    # hyperrule (transfer) | step | cosine (pre-training)
-        rule="paper",        # hyperrule: paper (500 / 10000 steps) | bit (size rule)
         epochs=90, warmup_epochs=5, min_lr=0.0))
 
     c.data = ml_collections.ConfigDict(dict(

@@ -13,18 +13,20 @@ it. The facts followed here, each named after the reference function:
   ``base_lr`` divided by 10 for every decay support ``s`` with ``s < step`` -- strictly: the
   drop comes on the step *after* the support (step 201, not 200); ``None`` (stop) from
   ``step >= end``.
-* ``get_max_train_set(steps)``: the fixed-length runs of the paper pass ``--steps`` (500
-  for few-shot, 10 000 for full transfer, also 20 000) and the size rule is then evaluated
-  at 19 999, 499 999 or infinity -- schedule *and* mixup come from that size class, not
-  from the real dataset size.
-* ``get_final_lr``: when training continues past the schedule end, the lr stays at the
-  value of the last scheduled step (base_lr / 1000).
+* ``finetune.py`` evaluates the rule on ``len(train_set)``, the training set actually used:
+  ``k x classes`` for a k-shot run (``--examples_per_class``), the whole (single-label
+  filtered) training set for a full run. The paper's published ``last_step`` agrees in every
+  cell: 500 steps for every few-shot run but CIFAR-100 500-shot (50 000 images: 10 000 steps
+  and mixup 0.1), 500 for the full Pets, Flowers, COVIDx and Tuberculosis runs, 10 000 for
+  full CIFAR and PadChest. (The reference's ``--steps``/``get_max_train_set`` override was
+  not used for the published runs, so it is not offered here; ``config.total_steps`` is a
+  different tool: it rescales the whole schedule, e.g. for smoke runs.)
+* ``get_final_lr``: past the schedule end the lr stays at its last value (base_lr / 1000).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import optax
 
@@ -41,12 +43,6 @@ _MIXUP_ALPHA = 0.1
 _SMALL_AREA = 96 * 96
 _SMALL_RESOLUTION = (160, 128)
 _LARGE_RESOLUTION = (512, 480)
-# The paper's fixed lengths: few-shot runs 500 steps, full runs 10 000.
-FEWSHOT_STEPS = 500
-FULL_STEPS = 10_000
-RULES = ("paper", "bit")
-
-
 def _check_size(dataset_size) -> float:
     if isinstance(dataset_size, bool) or not isinstance(dataset_size, (int, float)):
         raise ValueError(f"dataset_size must be a number of images, got {dataset_size!r}")
@@ -90,27 +86,13 @@ def train_steps(dataset_size: float) -> int:
     return schedule_boundaries(dataset_size)[-1]
 
 
-def size_for_steps(steps: int) -> float:
-    """The dataset size the rule is evaluated at for a fixed-length run (``get_max_train_set``).
-
-    500 -> 19 999, 10 000 -> 499 999, 20 000 -> inf: the largest size of the class whose
-    schedule ends at ``steps``.
-    """
-    valid = [supports[-1] for _, supports in _SIZE_CLASSES]
-    for upper, supports in _SIZE_CLASSES:
-        if steps == supports[-1]:
-            return upper - 1 if math.isfinite(upper) else math.inf
-    raise ValueError(f"fixed-length runs must use one of {valid} steps, got {steps!r}")
-
-
 def lr_schedule(base_lr: float, dataset_size: float) -> optax.Schedule:
     """The BiT-HyperRule learning rate per optimiser step: ``get_lr(step)`` as a schedule.
 
     Linear warm-up from 0 (``base_lr * step / warmup``), then ``base_lr / 10**k`` where ``k``
     counts decay supports strictly below the step. Past the end the reference stops (or,
     continuing with ``--steps``, keeps ``get_final_lr``); the schedule returns that final
-    value, ``base_lr / 1000``. For the paper's fixed-length runs pass
-    ``finetune_schedule(...).rule_size`` (or ``size_for_steps(steps)``) as ``dataset_size``.
+    value, ``base_lr / 1000``.
     """
     if not base_lr >= 0:
         raise ValueError(f"base_lr must be >= 0, got {base_lr}")
@@ -123,58 +105,10 @@ def lr_schedule(base_lr: float, dataset_size: float) -> optax.Schedule:
     return optax.join_schedules([linear_warmup(base_lr, warmup), staircase], [warmup])
 
 
-class FinetuneSchedule(NamedTuple):
-    """Everything the size rule fixes for one fine-tuning run."""
-
-    total_steps: int
-    boundaries: tuple[int, int, int, int, int]  # as schedule_boundaries
-    rule_size: float  # dataset size the rule was evaluated at (19 999 for 500 steps, ...)
-    mixup_alpha: float
-
-    def lr_schedule(self, base_lr: float) -> optax.Schedule:
-        """This run's learning-rate schedule (``lr_schedule(base_lr, rule_size)``)."""
-        return lr_schedule(base_lr, self.rule_size)
-
-
-def schedule_for_steps(steps: int) -> FinetuneSchedule:
-    """A fixed-length run of ``steps`` (500, 10 000 or 20 000), as ``finetune.py --steps``."""
-    size = size_for_steps(steps)
-    return FinetuneSchedule(steps, schedule_boundaries(size), size, mixup_alpha(size))
-
-
-def finetune_schedule(
-    dataset_size: int, *, shots: int | None = None, rule: str = "paper"
-) -> FinetuneSchedule:
-    """Length, supports and mixup of a fine-tuning run.
-
-    ``rule="paper"``: the fixed lengths of the paper's runs -- 500 steps when ``shots`` is
-    given (few-shot), 10 000 otherwise -- with the schedule and mixup of the matching size
-    class (``get_max_train_set``); ``dataset_size`` is only validated. ``rule="bit"``: the
-    official size rule on ``dataset_size``, the number of training images actually used
-    (for a few-shot run, the size of the k-shot subset).
-    """
-    _check_size(dataset_size)
-    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
-        raise ValueError(f"shots must be None or an int >= 1, got {shots!r}")
-    if rule == "paper":
-        return schedule_for_steps(FEWSHOT_STEPS if shots is not None else FULL_STEPS)
-    if rule == "bit":
-        supports = schedule_boundaries(dataset_size)
-        return FinetuneSchedule(supports[-1], supports, dataset_size, mixup_alpha(dataset_size))
-    raise ValueError(f"unknown fine-tuning rule {rule!r}; valid names: {list(RULES)}")
-
-
 __all__ = [
-    "FEWSHOT_STEPS",
-    "FULL_STEPS",
-    "FinetuneSchedule",
-    "RULES",
-    "finetune_schedule",
     "lr_schedule",
     "mixup_alpha",
     "resolution",
     "schedule_boundaries",
-    "schedule_for_steps",
-    "size_for_steps",
     "train_steps",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -158,17 +159,15 @@ def make_schedule(config: ml_collections.ConfigDict, train_size: int
                   ) -> tuple[Callable[[int], float], int, float]:
     """Returns ``(lr(step), total_steps, mixup_alpha)`` for the run.
 
-    ``hyperrule``: BiT-HyperRule by training-set size (``schedule.rule`` 'paper': 500 steps
-    for few-shot, 10000 for full runs; 'bit': the official size rule). ``step``/``cosine``:
+    ``hyperrule``: BiT-HyperRule on the size of the training set actually used (k x classes
+    for a k-shot run), as the paper's ``finetune.py``. ``step``/``cosine``:
     the pre-training schedules over ``schedule.epochs``. ``total_steps`` > 0 rescales the
     schedule (warm-up, decays) to that many steps; ``mixup_alpha`` >= 0 overrides the rule.
     """
     s = config.schedule
     if s.kind == "hyperrule":
-        rule = hyperrule.finetune_schedule(train_size, shots=config.data.shots or None,
-                                           rule=s.rule)
-        lr_fn, total = rule.lr_schedule(config.optim.base_lr), rule.total_steps
-        alpha = rule.mixup_alpha
+        lr_fn = hyperrule.lr_schedule(config.optim.base_lr, train_size)
+        total, alpha = hyperrule.train_steps(train_size), hyperrule.mixup_alpha(train_size)
     elif s.kind in ("step", "cosine"):
         steps_per_epoch = max(train_size // config.batch_size, 1)
         lr_fn = optim.pretrain_schedule(
@@ -206,13 +205,18 @@ def resolve_normalisation(config: ml_collections.ConfigDict) -> None:
 
 
 def pretrained_model_tag(config: ml_collections.ConfigDict, arch: bit.Architecture) -> str:
-    """``<source>_bit<depth>x<width>`` as the paper's results name pre-trained models."""
+    """The ``pretrained_model`` name of results: ``<source>_bit<depth>x<width>`` as the paper's.
+
+    Google's released BiT weights are not the paper's own ImageNet pre-trainings (those are
+    ``imagenet1k_bit50x1``, ``imagenet21k_bit152x4``, ...), so they keep their own name
+    (``bit_m_r50x1``) and a report never takes one for the other.
+    """
     if config.results.pretrained_model:
         return config.results.pretrained_model
-    source = config.get("pretrained", "")
+    source = config.pretrained
     name = f"bit{arch.tag[1:]}"
     if source in bit.PUBLISHED:
-        return {"S": "imagenet1k", "M": "imagenet21k"}[source.split("-")[1]] + "_" + name
+        return source.lower().replace("-", "_")
     if source and os.path.isdir(source):
         return export.load_meta(source).get("pretrained_model") or f"custom_{name}"
     return f"{'custom' if source else 'scratch'}_{name}"
@@ -222,19 +226,19 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, *, load_wei
                 ) -> tuple[bit.BiT, Any]:
     """The model, and its pre-trained float32 parameters when ``load_weights`` (else None).
 
+    A transfer always starts from a new head drawn with ``head_init`` from the run's seed.
     Without pre-trained weights (training from scratch, or resuming, where the checkpoint
     holds them) only the architecture is read.
     """
-    options = dict(dtype=DTYPES[config.dtype], remat=config.remat)
+    options = dict(head_init=config.head_init, dtype=DTYPES[config.dtype], remat=config.remat)
     if config.pretrained and load_weights:
-        model, variables = pretrained.load_model(config.pretrained, num_classes, **options)
+        model, variables = pretrained.load_model(config.pretrained, num_classes,
+                                                 seed=config.seed, **options)
         return model, variables["params"]
     if config.pretrained:
         arch = pretrained.architecture_of(config.pretrained)
-        return bit.BiT(arch.block_units, arch.width, num_classes, zero_head=True,
-                       **options), None
-    return bit.create_model(config.model, num_classes, zero_head=config.zero_head,
-                            **options), None
+        return bit.BiT(arch.block_units, arch.width, num_classes, **options), None
+    return bit.create_model(config.model, num_classes, **options), None
 
 
 def _fresh_state(tx: optax.GradientTransformation, params: Any) -> TrainState:
@@ -407,6 +411,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     features_fn = jax.jit(functools.partial(features_step, model=model, norm=config.pp.norm))
     probes = _probe_datasets(config) if config.probe.targets else {}
 
+    tag = pretrained_model_tag(config, model.architecture)
+    best = _BestExport(workdir, config.best_split,
+                       lambda step: export_meta(config, model, info, tag, step))
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                                every_secs=30)
     pending: list[dict] = []
@@ -423,7 +430,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write_scalars(done, _mean(pending))
                 pending = []
             if config.eval_every and done % config.eval_every == 0 and done < total_steps:
-                _evaluate_all(writer, done, eval_fn, state.params, data, batch_sharding, info)
+                evals = _evaluate_all(writer, done, eval_fn, state.params, data, batch_sharding,
+                                      info)
+                best.update(evals, state.params, done)
                 if probes:
                     writer.write_scalars(done, linear_probe(features_fn, state.params, probes,
                                                             batch_sharding, config))
@@ -440,11 +449,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mgr.wait_until_finished()
 
     final = _evaluate_all(writer, total_steps, eval_fn, state.params, data, batch_sharding, info)
+    best.update(final, state.params, total_steps)
     if probes:
         final["probe"] = linear_probe(features_fn, state.params, probes, batch_sharding, config)
         writer.write_scalars(total_steps, final["probe"])
     writer.flush()
-    tag = pretrained_model_tag(config, model.architecture)
     host_params = parallel.to_host(state.params)
     if is_main and config.schedule.kind == "hyperrule":
         _append_results(config, workdir, final, tag, total_steps)
@@ -480,6 +489,38 @@ def _evaluate_all(writer, step, eval_fn, params, data, sharding, info) -> dict[s
     return out
 
 
+class _BestExport:
+    """Keeps ``WORKDIR/export_best``: the parameters with the lowest loss on ``split`` so far.
+
+    The reference's pre-training (pretrain.py, ``save_best``) writes ``model.pth.tar`` only
+    when the validation loss improves, and its fine-tuning loads that file; this is the same
+    export, and ``pretrained=WORKDIR`` prefers it. The best loss lives in the export's
+    ``model.json`` (``best_loss``), so a resumed run keeps comparing with it.
+    """
+
+    def __init__(self, workdir: str, split: str, meta_fn: Callable[[int], dict]):
+        self.directory = os.path.join(workdir, export.BEST_EXPORT_DIRNAME)
+        self.split, self.meta_fn = split, meta_fn
+        self.loss = math.inf
+        if split and os.path.exists(os.path.join(self.directory, export.META_FILENAME)):
+            self.loss = export.load_meta(self.directory)["best_loss"]
+
+    def update(self, evals: dict[str, dict], params: Any, step: int) -> None:
+        if not self.split:
+            return
+        if self.split not in evals:
+            raise ValueError(f"best_split {self.split!r} is not an eval split of this run; "
+                             f"valid: {', '.join(evals) or 'none'}")
+        loss = evals[self.split]["loss"]
+        if not loss < self.loss:
+            return
+        logging.info("%s loss improved from %.5f to %.5f at step %d: writing %s", self.split,
+                     self.loss, loss, step, self.directory)
+        self.loss = loss
+        meta = dict(self.meta_fn(step), best_split=self.split, best_loss=loss)
+        export.save(self.directory, parallel.to_host(params), meta)
+
+
 def _append_results(config, workdir: str, final: dict, tag: str, last_step: int) -> None:
     for split, split_metrics in final.items():
         if split == "probe":
@@ -492,15 +533,20 @@ def _append_results(config, workdir: str, final: dict, tag: str, last_step: int)
 
 
 def export_meta(config, model: bit.BiT, info, tag: str, step: int) -> dict:
-    """What other code needs besides the weights: architecture, labels, preprocessing."""
+    """What other code needs besides the weights (``model.json``): architecture, labels,
+    input size and the exact preprocessing, mean and std included."""
+    mean, std = input_pipeline.NORM_MEAN_STD[config.pp.norm]
     return {
-        "model": config.get("model") or "",
+        "model": f"BiT-{model.architecture.tag}",
         "block_units": list(model.block_units), "width": model.width,
         "num_classes": info.num_classes, "label_names": list(info.label_names),
         "multilabel": info.multilabel,
-        "preprocessing": {"kind": config.pp.kind, "resize": config.pp.resize,
-                          "crop": config.pp.crop, "norm": config.pp.norm},
         "image_size": list(info.image_size),
+        "preprocessing": {
+            "kind": config.pp.kind, "resize": config.pp.resize, "crop": config.pp.crop,
+            "norm": config.pp.norm, "mean": list(mean), "std": list(std),
+            "input": "NHWC float32 RGB: (pixel / max_pixel - mean) / std, max_pixel 255 "
+                     "(65535 for 16-bit X-rays); grey images repeated over the 3 channels"},
         "source": config.data.name, "pretrained_model": tag, "step": step,
     }
 

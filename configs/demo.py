@@ -47,7 +47,7 @@ def get_config(arg=None):
     else:
         c.pretrained = args.pretrained
         c.model = "" if args.pretrained else args.model
-        c.zero_head = True
+        c.head_init = "zero"
         c.data.name = "tuberculosis_cxr"
         c.data.shots = 0 if args.shots == "full" else int(args.shots)
         c.pp.update(kind="bit", resize=IMAGE_SIZE + IMAGE_SIZE // 8, crop=IMAGE_SIZE,

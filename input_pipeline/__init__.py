@@ -15,10 +15,11 @@ _EXPORTS = {
     "DatasetInfo": "input_pipeline.pipeline",
     "Datasets": "input_pipeline.pipeline",
     "get_datasets": "input_pipeline.pipeline",
+    "NORM_MEAN_STD": "input_pipeline.preprocess",
     "model_input": "input_pipeline.preprocess",
 }
 
-__all__ = ["DatasetInfo", "Datasets", "get_datasets", "model_input"]
+__all__ = ["DatasetInfo", "Datasets", "NORM_MEAN_STD", "get_datasets", "model_input"]
 
 
 def __getattr__(name: str):

@@ -46,13 +46,17 @@ INCEPTION_AREA_RANGE = (0.08, 1.0)
 INCEPTION_ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 INCEPTION_MAX_ATTEMPTS = 10
 
-# pp.norm -> (scale, offset) per channel: model input = uint8 value * scale + offset.
+# pp.norm -> per-channel (mean, std) of torchvision's ToTensor then Normalize(mean, std):
+# 'bit' is the reference's Normalize(0.5, 0.5), i.e. [-1, 1]. Exports state these numbers.
+NORM_MEAN_STD = {
+    "bit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+# The same as an affine map of uint8 values: model input = value * scale + offset.
 _NORM_AFFINE = {
-    # [-1, 1], as the reference's Normalize(0.5, 0.5) after ToTensor.
-    "bit": (np.full(3, 1.0 / 127.5, np.float32), np.full(3, -1.0, np.float32)),
-    # ToTensor then Normalize(IMAGENET_MEAN, IMAGENET_STD).
-    "imagenet": ((1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32),
-                 (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32)),
+    name: ((1.0 / (255.0 * np.asarray(std))).astype(np.float32),
+           (-np.asarray(mean) / np.asarray(std)).astype(np.float32))
+    for name, (mean, std) in NORM_MEAN_STD.items()
 }
 NORMS = tuple(_NORM_AFFINE)
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")

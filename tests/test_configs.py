@@ -48,14 +48,35 @@ def test_transfer_grid(target, shots):
     assert c.data.shots == (0 if shots == "full" else int(shots))
     assert (c.optim.name, c.optim.base_lr, c.optim.weight_decay, c.batch_size) == (
         "sgd_agc", 0.001, 0.0, 128)
-    assert c.schedule.kind == "hyperrule" and c.seed == 4 and c.zero_head
+    assert c.schedule.kind == "hyperrule" and c.seed == 4 and c.head_init == "reference"
     if target == "padchest":
         assert c.pp.kind == "xray" and c.data.multilabel_force_classification
+        assert c.pp.norm == "bit"  # [-1, 1] whatever the pre-trained model (padchest.yaml)
     else:
         size = TRANSFER.TARGETS[target]["size"]
         assert (c.pp.resize, c.pp.crop) == hyperrule.resolution(size)
+        assert c.pp.norm == ""  # as the pre-trained model
     # The reference oversamples COVIDx and Flowers, on full data only.
     assert c.data.oversample == (target in ("covidx_cxr2", "flowers") and shots == "full")
+
+
+def test_flowers_is_the_papers_split():
+    # flowers_oversampling.yaml: train on mod_train (the original test split, 6149 images),
+    # evaluate on mod_test (train + validation, 2040 images), oversampling full runs.
+    c = TRANSFER.get_config("target=flowers")
+    assert (c.data.name, c.data.train_split) == ("oxford_flowers102", "test")
+    assert c.data.eval_splits.to_dict() == {"test": "train+validation"} and c.data.oversample
+    assert c.results.dataset == "flowers_oversampling"
+    standard = TRANSFER.get_config("target=flowers102")
+    assert standard.data.train_split == "train+validation" and not standard.data.oversample
+
+
+def test_head_init_and_scratch_norm():
+    assert TRANSFER.get_config("head_init=zero").head_init == "zero"
+    with pytest.raises(ValueError, match="unknown head_init 'one'; valid: reference, zero"):
+        TRANSFER.get_config("head_init=one")
+    scratch = TRANSFER.get_config("pretrained=,model=BiT-R50x1")
+    assert scratch.pp.norm == "bit" and scratch.model == "BiT-R50x1"
 
 
 def test_demo_stages_build():

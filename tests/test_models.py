@@ -219,8 +219,8 @@ def test_parameter_names_mirror_official_checkpoint(official_npz):
 # ----------------------------------------------------------------------------- options
 
 
-def test_new_num_classes_gives_zero_head(official_npz, images):
-    model, variables = bit_medical.load_model(official_npz, num_classes=3)
+def test_new_num_classes_with_zero_head_init(official_npz, images):
+    model, variables = bit_medical.load_model(official_npz, num_classes=3, head_init="zero")
     head = variables["params"]["head"]["conv2d"]
     assert head["kernel"].shape == (1, 1, 2048, 3)
     assert not np.any(head["kernel"]) and not np.any(head["bias"])
@@ -256,14 +256,20 @@ def test_small_variant_dtype_remat_and_features():
     np.testing.assert_allclose(np.asarray(out, np.float32), logits, atol=0.1 * np.abs(logits).max())
 
 
-def test_zero_head_option():
+def test_head_init_option_of_models_from_scratch():
     x = np.zeros((1, 32, 32, 3), np.float32)
-    zero = jax.jit(bit.create_model("BiT-R14x0.5", 4, zero_head=True).init)(jax.random.key(0), x)
+    zero = jax.jit(bit.create_model("BiT-R14x0.5", 4, head_init="zero").init)(jax.random.key(0), x)
     default = jax.jit(bit.create_model("BiT-R14x0.5", 4).init)(jax.random.key(0), x)
     assert not np.any(zero["params"]["head"]["conv2d"]["kernel"])
-    # PyTorch's default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), here fan_in = 512.
-    kernel = default["params"]["head"]["conv2d"]["kernel"]
-    assert 0.5 / np.sqrt(512) < np.abs(kernel).max() <= 1 / np.sqrt(512)
+    assert not np.any(zero["params"]["head"]["conv2d"]["bias"])
+    # PyTorch's default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), here fan_in = 1024,
+    # for the kernel and the bias alike.
+    for name in ("kernel", "bias"):
+        values = np.abs(default["params"]["head"]["conv2d"][name])
+        assert 0 < values.max() <= 1 / np.sqrt(1024), name
+    assert np.abs(default["params"]["head"]["conv2d"]["kernel"]).max() > 0.9 / np.sqrt(1024)
+    with pytest.raises(ValueError, match="unknown head_init 'ones'; valid: reference, zero"):
+        bit.create_model("BiT-R14x0.5", 4, head_init="ones")
 
 
 def test_create_model_errors_list_valid_choices():

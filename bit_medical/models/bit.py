@@ -24,11 +24,14 @@ Inputs are NHWC floats in [-1, 1]; outputs are logits (or pre-logit features).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 Dtype = Any
@@ -105,6 +108,21 @@ def standardize(kernel: Array, eps: float = WS_EPSILON) -> Array:
 # PyTorch's default conv init (kaiming_uniform with a=sqrt(5)), i.e. U(-1/sqrt(fan_in), ..).
 # The scale of raw weights matters despite standardisation: AGC clips relative to it.
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> Callable:
+    """PyTorch's default conv/linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype,
+                                                                    -bound, bound)
+
+
+# How a classifier head starts. ``reference``: a fresh ``torch.nn.Conv2d(C, K, 1, bias=True)``
+# with PyTorch's default init, which the paper's code puts on every transferred model
+# (SLAMPAI/large-scale-pretraining-transfer, transfer_learning/models/builder.py,
+# ``load_from_checkpoint``) and on models built from scratch; ``zero``: BiT's own transfer
+# recipe (google-research/big_transfer), kernel and bias zero.
+HEAD_INITS = ("reference", "zero")
 
 
 class StdConv(nn.Module):
@@ -239,14 +257,18 @@ class _Conv1x1(nn.Module):
     """A 1x1 conv with bias on pooled features, i.e. a dense layer with a (1, 1, C, K) kernel."""
 
     num_classes: int
-    kernel_init: Callable
+    head_init: str
     dtype: Dtype
 
     @nn.compact
     def __call__(self, features: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init,
-                            (1, 1, features.shape[-1], self.num_classes), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.num_classes,), jnp.float32)
+        fan_in = features.shape[-1]
+        if self.head_init == "zero":
+            kernel_init = bias_init = nn.initializers.zeros
+        else:
+            kernel_init, bias_init = torch_default_init, torch_default_bias_init(fan_in)
+        kernel = self.param("kernel", kernel_init, (1, 1, fan_in, self.num_classes), jnp.float32)
+        bias = self.param("bias", bias_init, (self.num_classes,), jnp.float32)
         logits = features.astype(self.dtype) @ kernel[0, 0].astype(self.dtype)
         return logits + bias.astype(self.dtype)
 
@@ -255,12 +277,12 @@ class _Head(nn.Module):
     """The classifier scope, so its parameters read ``head/conv2d/{kernel,bias}`` as in BiT."""
 
     num_classes: int
-    kernel_init: Callable
-    dtype: Dtype
+    head_init: str
+    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, features: Array) -> Array:
-        return _Conv1x1(self.num_classes, self.kernel_init, self.dtype, name="conv2d")(features)
+        return _Conv1x1(self.num_classes, self.head_init, self.dtype, name="conv2d")(features)
 
 
 class BiT(nn.Module):
@@ -270,7 +292,8 @@ class BiT(nn.Module):
       block_units: units in each of the four blocks, e.g. (3, 4, 6, 3) for R50.
       width: width multiplier (the ``x1``..``x4`` of the names).
       num_classes: size of the classifier head.
-      zero_head: initialise the head to zeros (BiT's transfer recipe).
+      head_init: how ``init`` draws the classifier head, one of ``HEAD_INITS``: ``reference``
+        (PyTorch's default, as the paper's code) or ``zero`` (BiT's transfer recipe).
       dtype: compute dtype (``jnp.bfloat16`` on accelerators); parameters stay float32 and
         GroupNorm statistics are computed in float32.
       remat: recompute each unit's activations in the backward pass to save memory.
@@ -279,7 +302,7 @@ class BiT(nn.Module):
     block_units: tuple[int, ...]
     width: float
     num_classes: int
-    zero_head: bool = False
+    head_init: str = "reference"
     dtype: Dtype = jnp.float32
     remat: bool = False
 
@@ -297,8 +320,7 @@ class BiT(nn.Module):
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if pre_logits:
             return features
-        init = nn.initializers.zeros if self.zero_head else torch_default_init
-        return _Head(self.num_classes, init, self.dtype, name="head")(features)
+        return _Head(self.num_classes, self.head_init, self.dtype, name="head")(features)
 
     def features(self, images: Array) -> Array:
         """Pre-logit features (after the final GroupNorm, ReLU and global mean pool)."""
@@ -316,7 +338,7 @@ def create_model(name: str, num_classes: int, **options) -> BiT:
       name: one of ``VARIANTS`` (``BiT-{S,M}-R{50x1,...,152x4}``, ``BiT-R50x1``-style aliases
         without released weights, and small test variants such as ``BiT-R26x0.5``).
       num_classes: classifier size.
-      **options: ``zero_head``, ``dtype``, ``remat`` (see :class:`BiT`).
+      **options: ``head_init``, ``dtype``, ``remat`` (see :class:`BiT`).
 
     Returns:
       A Flax module; ``module.init(rng, images)`` / ``module.apply(variables, images)`` with
@@ -325,12 +347,31 @@ def create_model(name: str, num_classes: int, **options) -> BiT:
     arch = architecture(name)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    valid = {"zero_head", "dtype", "remat"}
+    valid = {"head_init", "dtype", "remat"}
     unknown = set(options) - valid
     if unknown:
         raise TypeError(f"Unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    check_head_init(options.get("head_init", "reference"))
     return BiT(block_units=arch.block_units, width=arch.width, num_classes=num_classes,
                **options)
+
+
+def check_head_init(head_init: str) -> str:
+    """``head_init`` if it is one of ``HEAD_INITS``, else a ValueError listing them."""
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"unknown head_init {head_init!r}; valid: {', '.join(HEAD_INITS)}")
+    return head_init
+
+
+def new_head(num_features: int, num_classes: int, head_init: str, seed: int) -> dict:
+    """Fresh ``head`` parameters (``{"conv2d": {"kernel", "bias"}}``) drawn from ``seed``.
+
+    The same initialisers as ``BiT.init`` uses for its head, so a transferred model starts
+    like a model built with ``head_init`` for the target.
+    """
+    head = _Head(num_classes, check_head_init(head_init))
+    variables = head.init(jax.random.key(seed), jnp.zeros((1, num_features), jnp.float32))
+    return jax.tree_util.tree_map(np.asarray, flax.core.unfreeze(variables["params"]))
 
 
 def param_shapes(model: BiT, image_size: int = 32) -> dict:

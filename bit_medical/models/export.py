@@ -1,15 +1,17 @@
 """The params-only export: what a trained run hands to other code.
 
-Layout of ``DIR/export`` (``DIR`` being a run's workdir)::
+A run's workdir ``DIR`` holds ``DIR/export`` (the last parameters) and, when the run picks a
+best checkpoint by validation loss (pre-training, ``config.best_split``), ``DIR/export_best``,
+both laid out as::
 
     model.json   {"format", "model", "block_units", "width", "num_classes", "label_names",
-                  "multilabel", "preprocessing", ...}
+                  "multilabel", "image_size", "preprocessing": {..., "mean", "std"}, ...}
     params/      an Orbax checkpoint of the parameter tree, saved as host numpy arrays
 
-Any JAX code restores it without importing this project::
+Any JAX code restores it without importing this project (Orbax wants an absolute path)::
 
-    import json, orbax.checkpoint as ocp
-    params = ocp.StandardCheckpointer().restore(f"{DIR}/export/params")
+    import json, os, orbax.checkpoint as ocp
+    params = ocp.StandardCheckpointer().restore(os.path.abspath(f"{DIR}/export/params"))
     meta = json.load(open(f"{DIR}/export/model.json"))
 """
 
@@ -22,17 +24,23 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-FORMAT = "bit_medical.export/1"
+FORMAT = "bit_medical.export/2"
+# Version 1 lacked "model", the normalisation's mean/std and the best-export fields; what
+# this project reads from an export is in both.
+READABLE_FORMATS = ("bit_medical.export/1", FORMAT)
 EXPORT_DIRNAME = "export"
+BEST_EXPORT_DIRNAME = "export_best"
 META_FILENAME = "model.json"
 PARAMS_DIRNAME = "params"
 
 
 def export_dir(directory: str | os.PathLike) -> str:
-    """``DIR/export`` for a workdir, or ``directory`` itself if it already is an export."""
+    """The export a path names: itself if it is one, else a workdir's ``export_best`` (the
+    best by validation loss, as the reference's fine-tuning loads) or else its ``export``."""
     directory = os.fspath(directory)
-    if os.path.exists(os.path.join(directory, META_FILENAME)):
-        return directory
+    for candidate in (directory, os.path.join(directory, BEST_EXPORT_DIRNAME)):
+        if os.path.exists(os.path.join(candidate, META_FILENAME)):
+            return candidate
     return os.path.join(directory, EXPORT_DIRNAME)
 
 
@@ -64,9 +72,9 @@ def load_meta(directory: str | os.PathLike) -> dict:
         ) from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path} is not valid JSON: {e}") from e
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{meta_path}: unknown export format {meta.get('format')!r}, "
-                         f"expected {FORMAT!r}")
+                         f"expected one of {', '.join(READABLE_FORMATS)}")
     return meta
 
 

@@ -9,7 +9,6 @@ import urllib.request
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
 from bit_medical.models import bit, convert, export
 from bit_medical.models.convert import CheckpointError
@@ -99,7 +98,8 @@ def architecture_of(source: str | os.PathLike) -> bit.Architecture:
 
 
 def load_model(source: str | os.PathLike, num_classes: int | None = None, *,
-               dtype: Any = jnp.float32, remat: bool = False):
+               head_init: str = "reference", seed: int = 0, dtype: Any = jnp.float32,
+               remat: bool = False):
     """Loads a BiT model and its variables.
 
     Args:
@@ -107,8 +107,15 @@ def load_model(source: str | os.PathLike, num_classes: int | None = None, *,
         an official ``.npz``, a PyTorch file (``.pth``, ``.pth.tar``, ``.pt``: the reference
         code's ``{"model": state_dict}`` or a bare state_dict in its naming, or a timm
         ``resnetv2_*_bit`` state_dict), or a directory exported by this project.
-      num_classes: head size; ``None`` keeps the checkpoint's head, any other size gives a new
-        zero-initialised head (BiT's transfer recipe).
+      num_classes: ``None`` keeps the checkpoint's trained head (to use the model as it was
+        trained). Any number, the checkpoint's own included, drops that head and puts a new
+        one of this size, as the paper's fine-tuning does (``load_from_checkpoint`` in the
+        reference's transfer_learning/models/builder.py always replaces it): the
+        source's head was trained for the source's classes, and keeping it when the counts
+        happen to agree starts the transfer from a wrong classifier.
+      head_init: how the new head is drawn (``bit.HEAD_INITS``): ``reference`` (PyTorch's
+        default ``nn.Conv2d`` init, as the paper) or ``zero`` (BiT's recipe).
+      seed: draws the new head (different seeds, different heads).
       dtype: compute dtype of the module (parameters stay float32).
       remat: rematerialise units in the backward pass.
 
@@ -121,21 +128,18 @@ def load_model(source: str | os.PathLike, num_classes: int | None = None, *,
         missing, unexpected and mis-shaped parameter with expected and found shapes).
     """
     source = os.fspath(source)
+    bit.check_head_init(head_init)
     params, meta = load_params(source)
-    where = source
-    units, width, ckpt_classes = convert.infer_architecture(params, where)
+    units, width, ckpt_classes = convert.infer_architecture(params, source)
     arch = bit.Architecture(units, width)
     if source in bit.PUBLISHED and arch != bit.PUBLISHED[source]:
         raise CheckpointError(
-            f"{where}: the file holds a {arch.tag} but {source} is a {bit.PUBLISHED[source].tag}")
+            f"{source}: the file holds a {arch.tag} but {source} is a {bit.PUBLISHED[source].tag}")
     model = bit.BiT(block_units=units, width=width, num_classes=ckpt_classes, dtype=dtype,
                     remat=remat)
-    convert.check_params(params, bit.param_shapes(model), where)
-    if num_classes is not None and num_classes != ckpt_classes:
+    convert.check_params(params, bit.param_shapes(model), source)
+    if num_classes is not None:
         features = params["head"]["conv2d"]["kernel"].shape[2]
-        params = dict(params)
-        params["head"] = {"conv2d": {
-            "kernel": np.zeros((1, 1, features, num_classes), np.float32),
-            "bias": np.zeros((num_classes,), np.float32)}}
-        model = model.clone(num_classes=num_classes, zero_head=True)
+        params = dict(params, head=bit.new_head(features, num_classes, head_init, seed))
+        model = model.clone(num_classes=num_classes, head_init=head_init)
     return model, {"params": params}
