@@ -32,10 +32,8 @@ def test_pretrain_grid(source, model):
     assert bit.architecture(c.model) == bit.architecture(model)
     xray = source not in ("imagenet1k", "imagenet21k")
     assert c.pp.kind == ("xray" if xray else "inception")
-    assert c.optim.weight_decay == 1e-4 and c.schedule.epochs == 90
-    assert c.optim.name == ("sgd" if source == "imagenet1k" else "sgd_agc")
-    assert c.optim.base_lr == (0.1 if source == "imagenet1k" else 0.01)
-    assert c.schedule.warmup_epochs == {"imagenet1k": 5, "imagenet21k": 2}.get(source, 15)
+    # The optimisation follows the official file: tests/test_pretrain_recipes.py.
+    assert c.schedule.kind == "step" and c.seed == 42
     if xray:  # unions merge one builder per source
         assert len(c.data.name.split("+")) == source.count("_") + 1
     assert c.results.pretrained_model == f"{source}_bit{model.split('-R')[1]}"
