@@ -189,6 +189,9 @@ def get_config(arg=None):
 
     c.data.name = source["name"]
     c.data.eval_splits = source.get("eval_splits", _VAL)
+    # The reference keeps the lowest-validation-loss model (model.pth.tar) and transfers it:
+    # WORKDIR/export_best, which `pretrained=WORKDIR` picks. Without validation, the last.
+    c.best_split = "val" if "val" in c.data.eval_splits else ""
     if "label_set" in source:
         c.data.label_set = source["label_set"]
     c.data.data_dir = args.data_dir or None

@@ -233,7 +233,12 @@ def test_eval_and_export_commands_reproduce_the_run(data_dir, reference_run, tmp
     params = ocp.StandardCheckpointer().restore(os.path.join(reference_run, "export", "params"))
     meta = json.load(open(os.path.join(reference_run, "export", "model.json")))
     assert meta["num_classes"] == 2 and meta["label_names"] == ["normal", "tuberculosis"]
-    assert meta["preprocessing"] == {"kind": "bit", "resize": 36, "crop": 32, "norm": "bit"}
+    assert {k: meta["preprocessing"][k] for k in ("kind", "resize", "crop", "norm")} == {
+        "kind": "bit", "resize": 36, "crop": 32, "norm": "bit"}
+    # The normalisation as numbers: (x / 255 - 0.5) / 0.5, i.e. [-1, 1].
+    assert (meta["preprocessing"]["mean"], meta["preprocessing"]["std"]) == ([0.5] * 3, [0.5] * 3)
+    assert (meta["model"], meta["format"], meta["image_size"]) == (
+        "BiT-R14x0.5", export.FORMAT, [32, 32])
     assert meta["multilabel"] is False and meta["step"] == STEPS
     assert params["head"]["conv2d"]["kernel"].shape == (1, 1, 1024, 2)
 
@@ -256,3 +261,33 @@ def test_transfer_from_a_pretraining_run_writes_results_csv(data_dir, tmp_path):
     assert (row["shot"], row["seed"], row["last_step"], row["dataset"]) == (
         "2_shot", 3, 4, "tuberculosis_demo")
     assert row["pretrained_model"] == "demo_chexpert_bit14x0.5"
+
+
+def test_best_validation_loss_export_is_what_a_workdir_transfers(data_dir, tmp_path):
+    import orbax.checkpoint as ocp
+
+    import bit_medical
+
+    workdir = str(tmp_path)
+    config = _config(data_dir, total_steps=6, eval_every=2, checkpoint_every=2,
+                     keep_checkpoints=3, best_split="val")
+    config.optim.base_lr = 0.8
+    train.train_and_evaluate(config, workdir)
+    val_loss = _scalars(workdir, "val/loss")
+    assert sorted(val_loss) == [2, 4, 6]
+    best_step = min(val_loss, key=lambda s: (val_loss[s], s))
+    meta = export.load_meta(os.path.join(workdir, export.BEST_EXPORT_DIRNAME))
+    assert (meta["step"], meta["best_split"]) == (best_step, "val")
+    assert meta["best_loss"] == pytest.approx(val_loss[best_step], rel=1e-6)
+    # The best export holds the parameters of that step's checkpoint.
+    state = ocp.StandardCheckpointer().restore(
+        os.path.join(workdir, "checkpoints", str(best_step), "default"))
+    best = export.load(os.path.join(workdir, export.BEST_EXPORT_DIRNAME))[1]
+    _assert_same_params(best, state["params"], rtol=0, atol=0)
+    # pretrained=WORKDIR (and load_model(WORKDIR)) take the best; WORKDIR/export the last.
+    _, from_workdir = bit_medical.load_model(workdir)
+    _assert_same_params(from_workdir["params"], best, rtol=0, atol=0)
+    _, last = bit_medical.load_model(os.path.join(workdir, "export"))
+    final_state = ocp.StandardCheckpointer().restore(
+        os.path.join(workdir, "checkpoints", "6", "default"))
+    _assert_same_params(last["params"], final_state["params"], rtol=0, atol=0)
