@@ -1,7 +1,7 @@
 """Training losses: softmax cross-entropy, masked sigmoid BCE (NaN = unknown label), mixup.
 
 Reference: SLAMPAI/large-scale-pretraining-transfer ``finetune.py`` (``cri``,
-``mixup_data``, ``mixup_criterion``, ``class_weight == 'balanced'``) and ``pretrain.py``
+``mixup_data``, ``mixup_criterion``) and ``pretrain.py``
 (``compute_loss``). Every loss takes logits of any float dtype (computed in float32),
 returns a float32 scalar mean, and accepts ``mask`` [B] (0 for padded rows) so padded
 examples count nowhere. A batch with nothing to average returns 0, not NaN.
@@ -33,14 +33,13 @@ def softmax_cross_entropy(
     logits: jax.Array,
     labels: jax.Array,
     *,
-    class_weights: jax.Array | None = None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
     """Mean softmax cross-entropy on integer labels [B]; logits [B, C].
 
-    With ``class_weights`` [C] it is ``torch.nn.CrossEntropyLoss(weight=...)``'s weighted
-    mean ``sum_i w[y_i] * nll_i / sum_i w[y_i]``; padded rows (``mask == 0``) get weight 0.
-    Labels must lie in [0, C) (not checkable under jit).
+    Padded rows (``mask == 0``) count nowhere. Labels must lie in [0, C) (not checkable
+    under jit). (The reference's optional ``class_weight: balanced`` is set by none of its
+    fine-tuning configs, so it is not offered.)
     """
     logits = jnp.asarray(logits).astype(jnp.float32)
     labels = jnp.asarray(labels)
@@ -53,13 +52,6 @@ def softmax_cross_entropy(
         raise ValueError(f"softmax_cross_entropy expects integer labels, got {labels.dtype}")
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     weights = _row_mask(mask, logits.shape[0])
-    if class_weights is not None:
-        class_weights = jnp.asarray(class_weights, jnp.float32)
-        if class_weights.shape != logits.shape[1:]:
-            raise ValueError(
-                f"class_weights must have shape ({logits.shape[1]},), got {class_weights.shape}"
-            )
-        weights = weights * class_weights[labels]
     return _safe_mean(jnp.sum(weights * nll), jnp.sum(weights))
 
 
@@ -91,37 +83,18 @@ def classification_loss(
     logits: jax.Array,
     labels: jax.Array,
     *,
-    class_weights: jax.Array | None = None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
-    """The reference's criterion by label kind: int [B] -> softmax CE, float [B, C] -> BCE.
-
-    ``class_weights`` apply to single-label targets only: in the reference the weighted
-    ``BCEWithLogitsLoss`` is immediately replaced by the unweighted masked BCE.
-    """
+    """The reference's criterion by label kind: int [B] -> softmax CE, float [B, C] -> BCE."""
     labels = jnp.asarray(labels)
     if labels.ndim == 1:
-        return softmax_cross_entropy(logits, labels, class_weights=class_weights, mask=mask)
+        return softmax_cross_entropy(logits, labels, mask=mask)
     if labels.ndim == 2:
         return sigmoid_binary_cross_entropy(logits, labels, mask=mask)
     raise ValueError(
         f"labels must be int [B] (single-label) or float [B, C] (multi-label), got shape "
         f"{labels.shape}"
     )
-
-
-def balanced_class_weights(counts) -> np.ndarray:
-    """``class_weight: balanced``: ``min(counts) / counts`` (the rarest class gets weight 1)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or counts.size == 0:
-        raise ValueError(f"counts must be a non-empty 1-D array, got shape {counts.shape}")
-    empty = np.flatnonzero(counts <= 0)
-    if empty.size:
-        raise ValueError(
-            f"balanced class weights need every class in the training set; classes "
-            f"{empty.tolist()} have no examples"
-        )
-    return (counts.min() / counts).astype(np.float32)
 
 
 def sample_mixup_lambda(rng: jax.Array, alpha: float) -> jax.Array:
@@ -217,7 +190,6 @@ def mixup_loss(
     label_b: jax.Array,
     lam: jax.Array,
     *,
-    class_weights: jax.Array | None = None,
     mask: jax.Array | None = None,
 ) -> jax.Array:
     """``lam * loss(logits, a) + (1 - lam) * loss(logits, b)``: the reference's ``mixup_criterion``.
@@ -225,14 +197,13 @@ def mixup_loss(
     ``loss`` is ``classification_loss``: softmax CE for int labels, masked BCE for
     multi-hot targets with NaN unknowns (each term masks its own unknown entries).
     """
-    loss_a = classification_loss(logits, label_a, class_weights=class_weights, mask=mask)
-    loss_b = classification_loss(logits, label_b, class_weights=class_weights, mask=mask)
+    loss_a = classification_loss(logits, label_a, mask=mask)
+    loss_b = classification_loss(logits, label_b, mask=mask)
     lam = jnp.asarray(lam, jnp.float32)
     return lam * loss_a + (1.0 - lam) * loss_b
 
 
 __all__ = [
-    "balanced_class_weights",
     "classification_loss",
     "mixup",
     "mixup_loss",

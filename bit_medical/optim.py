@@ -227,25 +227,6 @@ def get_optimizer(
     return OPTIMIZERS[key](learning_rate, **kwargs)
 
 
-def with_accumulation(
-    tx: optax.GradientTransformation, batch_split: int
-) -> optax.GradientTransformation:
-    """Gradient accumulation over ``batch_split`` micro-batches (the effective batch unchanged).
-
-    Wraps ``tx`` in ``optax.MultiSteps(every_k_schedule=batch_split)``: micro-steps return
-    zero updates; every ``batch_split``-th call applies ``tx`` to the mean of the
-    accumulated gradients. With a mean loss over equal micro-batches this equals one step on
-    the whole batch, as the reference's ``(loss / batch_split).backward()`` does. The inner
-    step count (and so the learning-rate schedule) advances once per real update.
-    ``batch_split == 1`` returns ``tx`` itself (no accumulator state).
-    """
-    if isinstance(batch_split, bool) or not isinstance(batch_split, int) or batch_split < 1:
-        raise ValueError(f"batch_split must be an int >= 1, got {batch_split!r}")
-    if batch_split == 1:
-        return tx
-    return optax.MultiSteps(tx, every_k_schedule=batch_split).gradient_transformation()
-
-
 def _as_float(count) -> jax.Array:
     return jnp.asarray(count, dtype=jnp.float32)
 
@@ -388,5 +369,4 @@ __all__ = [
     "pretrain_schedule",
     "sgd",
     "sgd_agc",
-    "with_accumulation",
 ]

@@ -85,10 +85,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P((DATA_AXIS, FSDP_AXIS)))
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
 def _fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
     if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
         return P()

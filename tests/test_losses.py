@@ -21,15 +21,11 @@ def multilabel_targets(rng, b=12, c=5, unknown=0.3):
     return y
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_softmax_cross_entropy_matches_torch(weighted):
+def test_softmax_cross_entropy_matches_torch():
     rng = np.random.default_rng(0)
     logits, labels = make_logits(rng), rng.integers(0, 5, 12)
-    weight = rng.uniform(0.1, 2.0, 5).astype(np.float32) if weighted else None
-    want = torch.nn.CrossEntropyLoss(weight=None if weight is None else torch.tensor(weight))(
-        torch.tensor(logits), torch.tensor(labels)
-    )
-    got = losses.softmax_cross_entropy(logits, labels, class_weights=weight)
+    want = torch.nn.CrossEntropyLoss()(torch.tensor(logits), torch.tensor(labels))
+    got = losses.softmax_cross_entropy(logits, labels)
     assert got.dtype == jnp.float32 and got.shape == ()
     np.testing.assert_allclose(got, want.item(), rtol=1e-6)
 
@@ -40,10 +36,9 @@ def test_padded_rows_count_nowhere():
     targets = multilabel_targets(rng)
     mask = np.array([1, 1, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1])
     keep = mask.astype(bool)
-    weight = rng.uniform(0.1, 2.0, 5).astype(np.float32)
     np.testing.assert_allclose(
-        losses.softmax_cross_entropy(logits, labels, class_weights=weight, mask=mask),
-        losses.softmax_cross_entropy(logits[keep], labels[keep], class_weights=weight),
+        losses.softmax_cross_entropy(logits, labels, mask=mask),
+        losses.softmax_cross_entropy(logits[keep], labels[keep]),
         rtol=1e-6,
     )
     np.testing.assert_allclose(
@@ -106,17 +101,8 @@ def test_classification_loss_dispatch_and_errors():
         losses.softmax_cross_entropy(logits, labels[:3])
     with pytest.raises(ValueError, match=r"targets \(12, 4\)"):
         losses.sigmoid_binary_cross_entropy(logits, targets[:, :4])
-    with pytest.raises(ValueError, match=r"class_weights must have shape \(5,\)"):
-        losses.softmax_cross_entropy(logits, labels, class_weights=np.ones(4))
     with pytest.raises(ValueError, match=r"mask must have shape \(12,\)"):
         losses.softmax_cross_entropy(logits, labels, mask=np.ones(11))
-
-
-def test_balanced_class_weights_as_the_reference():
-    # finetune.py: class_weight = min(count) / count.
-    np.testing.assert_allclose(losses.balanced_class_weights([10, 40, 5]), [0.5, 0.125, 1.0])
-    with pytest.raises(ValueError, match=r"classes \[1\] have no examples"):
-        losses.balanced_class_weights([3, 0, 2])
 
 
 def batch(rng, b=8, c=3):

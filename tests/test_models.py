@@ -231,7 +231,7 @@ def test_small_variant_dtype_remat_and_features():
     x = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     model = bit.create_model("BiT-R14x0.5", 5)
     variables = {"params": _random_params(model)}
-    features = jax.jit(lambda v, x: model.apply(v, x, method=model.features))(variables, x)
+    features = jax.jit(lambda v, x: model.apply(v, x, pre_logits=True))(variables, x)
     assert features.shape == (2, 1024)
     logits = jax.jit(model.apply)(variables, x)
     w = variables["params"]["head"]["conv2d"]

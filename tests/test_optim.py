@@ -205,63 +205,6 @@ def test_unit_wise_clip_matches_timm_for_any_rank(shape):
     assert not np.allclose(want, g), "nothing was clipped; the test would be vacuous"
 
 
-def test_accumulated_micro_batches_equal_one_full_batch():
-    rng = np.random.default_rng(2)
-    x = jnp.asarray(rng.standard_normal((8, 5)), jnp.float32)
-    y = jnp.asarray(rng.integers(0, 3, 8))
-    params = {
-        "body": {"kernel": jnp.asarray(0.3 * rng.standard_normal((5, 4)), jnp.float32)},
-        "head": {"kernel": jnp.asarray(0.3 * rng.standard_normal((4, 3)), jnp.float32)},
-    }
-
-    def loss_fn(params, x, y):
-        h = jnp.tanh(x @ params["body"]["kernel"])
-        logits = h @ params["head"]["kernel"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    schedule = optax.linear_schedule(0.5, 0.1, 3)
-
-    def make():
-        return optim.sgd_agc(schedule, weight_decay=1e-3, unclipped=("head",))
-
-    def make_step(tx):
-        @jax.jit
-        def step(params, state, x, y):
-            grads = jax.grad(loss_fn)(params, x, y)
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-
-        return step
-
-    full_tx = make()
-    full_step = make_step(full_tx)
-    full, full_state = params, full_tx.init(params)
-    for _ in range(3):
-        full, full_state = full_step(full, full_state, x, y)
-
-    k = 4
-    acc_tx = optim.with_accumulation(make(), k)
-    acc_step = make_step(acc_tx)
-    acc, acc_state = params, acc_tx.init(params)
-    for _ in range(3):
-        before = acc
-        for i in range(k):
-            sl = slice(2 * i, 2 * i + 2)
-            acc, acc_state = acc_step(acc, acc_state, x[sl], y[sl])
-            if i < k - 1:  # micro-steps leave the parameters alone
-                jax.tree.map(np.testing.assert_array_equal, acc, before)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), acc, full)
-    assert not np.allclose(full["body"]["kernel"], params["body"]["kernel"])
-
-
-def test_with_accumulation_of_one_is_the_optimizer_itself_and_bad_values_fail():
-    tx = optim.sgd(0.1)
-    assert optim.with_accumulation(tx, 1) is tx
-    for bad in (0, -2, 1.5, "2", True):
-        with pytest.raises(ValueError, match="batch_split"):
-            optim.with_accumulation(tx, bad)
-
-
 def reference_pretrain_lr(kind, *, base_lr, local_batch, workers, steps_per_epoch, epochs,
                           warmup_epochs, min_lr=0.0):
     """lr_scheduler/builder.py's per-(epoch, batch_idx) formulas, gradient_accumulate = 1."""

@@ -291,3 +291,33 @@ def test_best_validation_loss_export_is_what_a_workdir_transfers(data_dir, tmp_p
     final_state = ocp.StandardCheckpointer().restore(
         os.path.join(workdir, "checkpoints", "6", "default"))
     _assert_same_params(last["params"], final_state["params"], rtol=0, atol=0)
+
+
+def test_batch_split_accumulates_to_the_full_batch_step():
+    """The trainer's micro-batch accumulation (``lax.scan``) equals one step on the whole
+    batch, as the reference's ``(loss / batch_split).backward()`` then ``optim.step()``."""
+    import functools
+
+    import jax
+
+    from bit_medical import experiment
+    from bit_medical.models import bit
+
+    model = bit.create_model("BiT-R14x0.5", 3)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+             "label": rng.integers(0, 3, 8).astype(np.int32)}
+    params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+    tx = train.make_optimizer(experiment.base())
+    out = {}
+    for split in (1, 4):
+        step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                         batch_split=split))
+        state = train._fresh_state(tx, params["params"])
+        for _ in range(2):
+            state, metrics = step(state, batch, 0.1, 1.0, jax.random.key(1))
+        out[split] = (jax.device_get(state.params), float(metrics["loss"]))
+    _assert_same_params(out[4][0], out[1][0], rtol=1e-4, atol=1e-6)
+    assert out[4][1] == pytest.approx(out[1][1], rel=1e-5)
+    assert not np.allclose(out[1][0]["head"]["conv2d"]["kernel"],
+                           params["params"]["head"]["conv2d"]["kernel"])

@@ -322,10 +322,6 @@ class BiT(nn.Module):
             return features
         return _Head(self.num_classes, self.head_init, self.dtype, name="head")(features)
 
-    def features(self, images: Array) -> Array:
-        """Pre-logit features (after the final GroupNorm, ReLU and global mean pool)."""
-        return self(images, pre_logits=True)
-
     @property
     def architecture(self) -> Architecture:
         return Architecture(tuple(self.block_units), self.width)
