@@ -32,13 +32,14 @@ import optax
 # The reference's SGD_AGC skips only tensors that are 2-D or 4-D *and* whose first PyTorch
 # dimension equals the number of classes (``len(p.shape) in (2, 4) and p.shape[0] ==
 # output_size``). In this project's tree that is exactly the classifier kernel; the head's
-# bias (1-D) IS clipped by the reference, as a whole vector: its gradient norm is held to
+# bias (1-D) IS clipped by the reference, as one vector: its gradient's norm is held to
 # clipping * max(||bias||, eps). With the reference's new head (PyTorch's default init, bias
-# uniform in +-1/sqrt(C)) ||bias|| is about sqrt(K / (3 C)) -- 0.04 for 10 classes on
-# R50x1's 2048 features -- so the bias moves by up to ~4e-4 / lr-unit per step and can
-# grow from there; with BiT's zero head its max norm is clipping * eps = 1e-5, which keeps it
-# near zero for a whole fine-tuning run. We reproduce the reference's rule by default; pass
-# ``unclipped=("head",)`` to leave the whole head unclipped instead.
+# uniform in +-1/sqrt(C)) ||bias|| is about sqrt(K / (3 C)), 0.04 for 10 classes on R50x1's
+# 2048 features, so its gradient may reach a norm of ~4e-4 and the bias moves (and its
+# bound grows with it); with BiT's zero head the bound is clipping * eps = 1e-5, which keeps
+# the bias near zero for a whole fine-tuning run. The random head thus also frees the bias.
+# We reproduce the reference's rule by default; ``unclipped=("head",)`` leaves the whole
+# head unclipped instead.
 REFERENCE_UNCLIPPED = ("head/conv2d/kernel",)
 
 # Largest parameter rank the AGC partition below has a transformation for.
