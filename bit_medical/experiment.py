@@ -83,7 +83,10 @@ def base() -> ml_collections.ConfigDict:
         clipping=0.01, eps=1e-3, unclipped=("head/conv2d/kernel",)))
     c.schedule = ml_collections.ConfigDict(dict(
         kind="hyperrule",    # hyperrule (transfer) | step | cosine (pre-training)
-        epochs=90, warmup_epochs=5, min_lr=0.0))
+        epochs=90, warmup_epochs=5, min_lr=0.0,
+        # step/cosine warm-up start, as a fraction of the peak lr (the reference's Horovod
+        # warm-up starts at peak / K for K workers)
+        warmup_start_factor=0.0))
 
     c.data = ml_collections.ConfigDict(dict(
         name="", train_split="train", eval_splits={"test": "test"},

@@ -173,7 +173,7 @@ def make_schedule(config: ml_collections.ConfigDict, train_size: int
         lr_fn = optim.pretrain_schedule(
             s.kind, base_lr=config.optim.base_lr, global_batch=config.batch_size,
             steps_per_epoch=steps_per_epoch, epochs=s.epochs, warmup_epochs=s.warmup_epochs,
-            min_lr=s.min_lr)
+            min_lr=s.min_lr, warmup_start_factor=s.warmup_start_factor)
         total, alpha = s.epochs * steps_per_epoch, 0.0
     else:
         raise ValueError(f"Unknown schedule.kind {s.kind!r}; valid: {', '.join(SCHEDULE_KINDS)}")

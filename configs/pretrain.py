@@ -24,7 +24,8 @@ Hyper-parameters: each (source, model) follows the official file named in ``RECI
 optimiser ``SGD`` or ``SGD_AGC`` (clipping 0.01, the head kernel unclipped), and
 ``lr_scheduler/builder.py``'s lr ``base_lr * train_local_batch_size / base_batch_size * K *
 gradient_accumulate`` with K Horovod workers, i.e. ``base_lr * global_batch / 256``: the
-formula of `optim.pretrain_schedule`, so ``base_lr`` is the file's. K = the nodes of the file's
+formula of `optim.pretrain_schedule`, so ``base_lr`` is the file's; its warm-up starts at
+peak / K (``schedule.warmup_start_factor``). K = the nodes of the file's
 ``sbatch -N`` line x 4 GPUs per JUWELS Booster node (one worker per GPU, as the reference
 README's ``horovodrun -np 4``); gradient_accumulate is 1 in every file.
 
@@ -62,8 +63,6 @@ Deliberate deviations from the official files:
   is JUWELS Booster's hardware.
 - imagenet1k_bit152x4.yaml says ``nb_classes: 10000``; the head here has imagenet2012's 1000.
   The imagenet21k files name BiT-M-R50x1 / BiT-M-R152x4: the same architectures as BiT-S.
-- The reference warms up from peak / K (K = 64) to the peak; `train.make_schedule` starts
-  at 0 (at most peak / 64 lower, in the first warm-up steps).
 - The reference autocasts to float16; here float32 unless ``--config.dtype=bfloat16``. The
   seed (42, the files') seeds a different random stream than PyTorch's.
 - The reference validates and checkpoints once per epoch; here every ``eval_every`` steps.
@@ -97,8 +96,12 @@ class Recipe:
     weight_decay: float = 1e-4
 
     @property
+    def workers(self) -> int:
+        return self.nodes * GPUS_PER_NODE
+
+    @property
     def global_batch(self) -> int:
-        return self.local_batch * self.nodes * GPUS_PER_NODE
+        return self.local_batch * self.workers
 
 
 # One record per official pre-training file (configs/<source>_bit<model>[_optimized].yaml).
@@ -183,7 +186,9 @@ def get_config(arg=None):
     # AGC leaves the head kernel unclipped (the schema's default): the reference's SGD_AGC
     # skips the tensors whose first dimension is nb_classes.
     c.optim.update(name=r.optim, base_lr=r.base_lr, weight_decay=r.weight_decay)
-    c.schedule.update(kind=r.schedule, epochs=r.epochs, warmup_epochs=r.warmup_epochs)
+    # The reference's warm-up starts at peak / K, K the Horovod workers of the official run.
+    c.schedule.update(kind=r.schedule, epochs=r.epochs, warmup_epochs=r.warmup_epochs,
+                      warmup_start_factor=1 / r.workers)
     c.eval_every = 1000
     c.checkpoint_every = 1000
 
