@@ -43,8 +43,8 @@ VERBOSE_ENV = "BIT_MEDICAL_VERBOSE"
 
 COMMANDS = {  # name: (what it does, an example)
     "train": ("pre-train on a source or transfer to a target; resumes from the workdir",
-              "bit-medical train --workdir=runs/tb_10shot_s0 "
-              "--config=configs/transfer.py:target=tuberculosis,shots=10,pretrained=BiT-M-R50x1"),
+              ("bit-medical train --workdir=runs/tb_10shot_s0 --config=configs/transfer.py:"
+               "target=tuberculosis,shots=10,pretrained=BiT-M-R50x1")),
     "eval": ("metrics of a run's latest checkpoint on its eval splits",
              "bit-medical eval --workdir=runs/tb_10shot_s0 --split=test"),
     "export": ("write the params-only export of a run's latest checkpoint",
@@ -52,8 +52,8 @@ COMMANDS = {  # name: (what it does, an example)
     "demo": ("the paper's experiment in miniature on synthetic chest X-rays (offline, minutes)",
              "bit-medical demo --workdir=/tmp/bit_demo"),
     "prepare": ("build a chest X-ray dataset (TFDS) from its manual download",
-                "bit-medical prepare chexpert_v1 --manual_dir=/data/CheXpert-v1.0 "
-                "--data_dir=/data/tfds"),
+                ("bit-medical prepare chexpert_v1 --manual_dir=/data/CheXpert-v1.0 "
+                 "--data_dir=/data/tfds")),
 }
 
 

@@ -112,9 +112,10 @@ def test_prepare_without_the_download(tmp_path):
     _assert_user_error(proc, "Unknown X-ray dataset 'chexpert'", "'chexpert_v1'")
 
 
-def test_verbose_shows_the_traceback(tmp_path):
+@pytest.mark.parametrize("flag,env", [("--verbose", {}), (None, {main.VERBOSE_ENV: "1"})])
+def test_verbose_shows_the_traceback(flag, env, tmp_path):
     proc = _cli("train", TRANSFER, f"--workdir={tmp_path}", "--config.optim.base_rl=0.1",
-                env={main.VERBOSE_ENV: "1"})
+                *filter(None, [flag]), env=env)
     assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr
     assert proc.stderr.rstrip().splitlines()[-1].startswith("bit-medical train: --config.optim")
 

@@ -119,8 +119,8 @@ def test_override_reads_the_field_type(field, text, expected):
 
 
 @pytest.mark.parametrize("field,text,message", [
-    ("optim.base_rl", "0.1", "config.optim has no field 'base_rl' (did you mean 'base_lr'?); "
-                             "valid: base_lr, clipping, eps"),
+    ("optim.base_rl", "0.1", ("config.optim has no field 'base_rl' (did you mean 'base_lr'?); "
+                              "valid: base_lr, clipping, eps")),
     ("nope.x", "1", "config has no field 'nope'; valid: batch_size, batch_split"),
     ("seed.x", "1", "config.seed is 0, not a group of fields"),
     ("batch_size", "abc", "--config.batch_size='abc': expected int"),
