@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import time
 
 import jax
 
-from bit_medical import results, train
+from bit_medical import experiment, results, train
 
 SHOTS = (1, 10, "full")
 SEEDS = (0, 1)
@@ -36,10 +35,7 @@ def _config_file() -> str:
 
 def demo_config(**args):
     """``configs/demo.py:key=value,...`` for ``args``."""
-    spec = importlib.util.spec_from_file_location("bit_medical_demo_config", _config_file())
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(",".join(f"{k}={v}" for k, v in args.items()))
+    return experiment.load(_config_file() + ":" + ",".join(f"{k}={v}" for k, v in args.items()))
 
 
 def write_data(workdir: str) -> str:

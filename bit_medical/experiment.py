@@ -1,33 +1,53 @@
-"""The experiment config schema and the arguments of the config files.
+"""The experiment config schema, the config files' arguments and command-line overrides.
 
 ``base()`` holds every field the train loop and the input pipeline read, with defaults; the
 files in ``configs/`` start from it, set what their kind of experiment needs and lock it, so a
-mistyped override (``--config.optim.base_lr``) fails. ``parse`` reads the ``file.py:key=value``
-argument of a config file.
+mistyped override (``--config.optim.base_lr``) fails. ``load`` runs a config file with its
+``file.py:key=value`` argument (read by ``parse``); ``override`` applies ``--config.FIELD=value``.
+Bad input raises ``UserError`` naming the valid choices.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
+
+from input_pipeline.errors import UserError
 
 _TRUE = ("1", "true", "yes", "y")
 _FALSE = ("0", "false", "no", "n")
 
 
-def _convert(key: str, text: str, default: Any) -> Any:
-    if isinstance(default, bool):
+def _convert(label: str, text: str, kind: type) -> Any:
+    """``text`` as a ``kind`` (bool, int, float, tuple, dict; anything else stays a str)."""
+    if kind is bool:
         if text.lower() in _TRUE + _FALSE:
             return text.lower() in _TRUE
-        raise ValueError(f"config argument {key}={text!r}: expected true or false")
-    for kind in (int, float):
-        if isinstance(default, kind):
-            try:
-                return kind(text)
-            except ValueError:
-                raise ValueError(f"config argument {key}={text!r}: expected {kind.__name__}"
-                                 ) from None
+        raise UserError(f"{label}={text!r}: expected true or false")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise UserError(f"{label}={text!r}: expected {kind.__name__}") from None
+    if kind is tuple:  # (1, 5) / [1, 5] / 1,5 / PA,AP
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    if kind in (dict, ml_collections.ConfigDict):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = None
+        if not isinstance(value, dict):
+            raise UserError(f"{label}={text!r}: expected a dict such as {{'test': 'test'}}")
+        return value
     return text
 
 
@@ -38,18 +58,65 @@ def parse(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep:
-            raise ValueError(f"config argument {item!r} is not key=value")
+            raise UserError(f"config argument {item!r} is not key=value")
         if key not in defaults:
-            raise ValueError(f"unknown config argument {key!r}; valid: {', '.join(defaults)}")
-        values[key] = _convert(key, text.strip(), defaults[key])
+            raise UserError(f"unknown config argument {key!r}; valid: {', '.join(defaults)}")
+        values[key] = _convert(f"config argument {key}", text.strip(), type(defaults[key]))
     return ml_collections.ConfigDict(values)
 
 
 def choice(name: str, value: str, valid) -> str:
-    """``value`` if it is one of ``valid``, else a ValueError listing them."""
+    """``value`` if it is one of ``valid``, else a UserError listing them."""
     if value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        raise UserError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
     return value
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """The config of ``FILE.py[:ARGUMENT]``: ``get_config(ARGUMENT)`` of the file."""
+    path, colon, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        folder = os.path.dirname(path) or "."
+        files = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(
+            folder) else []
+        raise UserError(f"no config file {path!r}" + (
+            f"; {folder} holds {', '.join(files)}" if files else ""))
+    name = "bit_medical_config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if colon else module.get_config()
+
+
+def override(config: ml_collections.ConfigDict, field: str, text: str | None) -> None:
+    """Sets ``config.<field>`` (a dotted path) to ``text`` read as the field's type.
+
+    ``text`` None (a bare ``--config.FIELD``) sets a bool field to true. An unknown field
+    lists the valid ones at its level; a value of the wrong type names the expected one.
+    """
+    label = f"--config.{field}"
+    parts = field.split(".")
+    holder, where = config, "config"
+    for depth, name in enumerate(parts):
+        if not isinstance(holder, ml_collections.ConfigDict):
+            raise UserError(f"{label}: {where} is {holder!r}, not a group of fields")
+        if name not in holder:
+            close = difflib.get_close_matches(name, list(holder), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{label}: {where} has no field {name!r}{hint}; valid: "
+                            f"{', '.join(sorted(holder))}")
+        if depth < len(parts) - 1:
+            holder, where = holder[name], f"{where}.{name}"
+    key = parts[-1]
+    kind = holder.get_type(key)
+    if text is None:
+        if kind is not bool:
+            raise UserError(f"{label} needs a value: {label}=VALUE")
+        text = "true"
+    try:
+        holder[key] = _convert(label, text, kind)
+    except TypeError as e:  # the config's own type check (e.g. a str for a tuple field)
+        raise UserError(f"{label}={text!r}: {e}") from None
 
 
 def base() -> ml_collections.ConfigDict:

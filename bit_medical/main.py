@@ -6,105 +6,210 @@
     bit-medical demo    --workdir=DIR
     bit-medical prepare NAME --manual_dir=ROOT --data_dir=DATA [--builder_config=512]
 
-``train`` resumes from DIR's latest checkpoint when there is one; ``--config.<field>=value``
-overrides any config field (a mistyped field is an error listing the valid ones).
+``bit-medical --help`` lists the commands, ``bit-medical COMMAND --help`` the flags of one.
+``train`` resumes from DIR's latest checkpoint when there is one; ``--config.FIELD=value``
+overrides any config field (``experiment.override``). Input the user can correct (a bad
+config field or value, an unknown name, a missing folder, workdir or checkpoint: the
+``USER_ERRORS`` below) prints one message naming the valid choices, exit status 2; with
+``--verbose`` (or ``BIT_MEDICAL_VERBOSE=1``) its traceback too. Any other error is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import sys
 
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
+# TensorFlow's C++ start-up notices (CPU instructions, oneDNN) would open every command's
+# output; its warnings stay. Set before anything imports TensorFlow; a user's value wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-COMMANDS = ("train", "eval", "export", "demo", "prepare")
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+import traceback  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file and its arguments: configs/FILE.py:key=value,...",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, logs, results).")
-_SPLIT = flags.DEFINE_string("split", None, "eval: the eval split to evaluate (default: all).")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "prepare: the dataset's downloaded root.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "prepare: the TFDS data_dir to write to.")
-_BUILDER_CONFIG = flags.DEFINE_string("builder_config", "512",
-                                      "prepare: stored resolution (512, 224 or full).")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", None, "prepare: image worker processes.")
-_SKIP_CORRUPT = flags.DEFINE_bool("skip_corrupt", False,
-                                  "prepare: skip (and count) unreadable images instead of failing.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "Multi-process: host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Join a cluster JAX detects by itself (TPU pod, SLURM).")
+from absl import flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 
+from bit_medical import experiment  # noqa: E402
+from bit_medical.models.convert import CheckpointError  # noqa: E402
+from input_pipeline.errors import UserError  # noqa: E402
 
-def _require(flag, command: str):
-    if flag.value is None:
-        raise app.UsageError(f"`bit-medical {command}` needs --{flag.name}")
-    return flag.value
+# What a user fixes by changing the command or the files it names.
+USER_ERRORS = (UserError, CheckpointError, FileNotFoundError, NotADirectoryError)
+VERBOSE_ENV = "BIT_MEDICAL_VERBOSE"
 
-
-def _train(argv):
-    from bit_medical import parallel, train
-
-    config = _require(_CONFIG, "train")
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                    auto=_DISTRIBUTED.value)
-    final = train.train_and_evaluate(config, _require(_WORKDIR, "train"))
-    _print(final)
+COMMANDS = {  # name: (what it does, an example)
+    "train": ("pre-train on a source or transfer to a target; resumes from the workdir",
+              ("bit-medical train --workdir=runs/tb_10shot_s0 --config=configs/transfer.py:"
+               "target=tuberculosis,shots=10,pretrained=BiT-M-R50x1")),
+    "eval": ("metrics of a run's latest checkpoint on its eval splits",
+             "bit-medical eval --workdir=runs/tb_10shot_s0 --split=test"),
+    "export": ("write the params-only export of a run's latest checkpoint",
+               "bit-medical export --workdir=runs/tb_10shot_s0"),
+    "demo": ("the paper's experiment in miniature on synthetic chest X-rays (offline, minutes)",
+             "bit-medical demo --workdir=/tmp/bit_demo"),
+    "prepare": ("build a chest X-ray dataset (TFDS) from its manual download",
+                ("bit-medical prepare chexpert_v1 --manual_dir=/data/CheXpert-v1.0 "
+                 "--data_dir=/data/tfds")),
+}
 
 
-def _eval(argv):
-    from bit_medical import parallel, train
+def _overrides_help() -> str:
+    config = experiment.base()
+    fields = ", ".join(f"{k}.*" if isinstance(v, type(config)) else k for k, v in config.items())
+    return "\n".join([
+        "config overrides:",
+        "  --config.FIELD=VALUE  set a field of the config (a mistyped field lists the valid",
+        "                        ones), e.g. --config.dtype=bfloat16 --config.optim.base_lr=0.003",
+        *textwrap.wrap(f"fields: {fields}", 88, initial_indent="  ", subsequent_indent="    ")])
 
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                    auto=_DISTRIBUTED.value)
-    _print(train.evaluate_workdir(_require(_WORKDIR, "eval"), split=_SPLIT.value))
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and one parser per command."""
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a command's default must not reset a --verbose given before the command.
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help=f"show the traceback of errors (also {VERBOSE_ENV}=1)")
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="bit-medical", parents=[common], formatter_class=formatter, allow_abbrev=False,
+        description="BiT pre-training and few-shot transfer for natural and chest X-ray images.",
+        epilog="examples:\n" + "\n".join(f"  {example}" for _, example in COMMANDS.values())
+               + "\n\n`bit-medical COMMAND --help` lists the flags of a command.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    commands = {}
+    for name, (summary, example) in COMMANDS.items():
+        commands[name] = subparsers.add_parser(
+            name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+            epilog=f"example:\n  {example}", formatter_class=formatter, allow_abbrev=False,
+            parents=[common])
+
+    train = commands["train"]
+    train.add_argument("--config", required=True, metavar="FILE.py[:ARGS]",
+                       help="experiment config file and its arguments (configs/FILE.py:key=value,"
+                            "...; each file's docstring lists its arguments)")
+    train.add_argument("--workdir", required=True,
+                       help="directory of the run (config, checkpoints, logs, results)")
+    train.epilog = f"{_overrides_help()}\n\n{train.epilog}"
+    commands["eval"].add_argument("--workdir", required=True, help="directory of the run")
+    commands["eval"].add_argument("--split", help="the eval split to evaluate (default: all)")
+    for name in ("train", "eval"):
+        group = commands[name].add_argument_group("many hosts (start the same command on each)")
+        group.add_argument("--coordinator_address", metavar="HOST:PORT",
+                           help="address of process 0")
+        group.add_argument("--num_processes", type=int, metavar="N", help="number of processes")
+        group.add_argument("--process_id", type=int, metavar="I", help="this process's index")
+        group.add_argument("--distributed", action="store_true",
+                           help="join a cluster JAX detects by itself (TPU pod, SLURM)")
+    commands["export"].add_argument("--workdir", required=True, help="directory of the run")
+    commands["demo"].add_argument("--workdir", required=True,
+                                  help="where the demo writes its data, runs and results")
+    prepare = commands["prepare"]
+    prepare.add_argument("name", metavar="NAME",
+                         help="chexpert_v1, mimic_cxr_jpg, nih_chest_xray14, padchest, "
+                              "covidx_cxr2 or tuberculosis_cxr")
+    prepare.add_argument("--manual_dir", required=True, help="the dataset's downloaded root folder")
+    prepare.add_argument("--data_dir", required=True, help="the TFDS data_dir to write to")
+    prepare.add_argument("--builder_config", default="512",
+                         help="stored resolution: 512, 224 or full (default: 512)")
+    prepare.add_argument("--num_workers", type=int,
+                         help="image decoding processes (default: one per CPU)")
+    prepare.add_argument("--skip_corrupt", action="store_true",
+                         help="leave out (and count) unreadable images instead of failing")
+    return parser, commands
 
 
-def _export(argv):
+def _split_overrides(extra: list[str], name: str, command: argparse.ArgumentParser
+                     ) -> list[tuple[str, str | None]]:
+    """``(field, text)`` of each ``--config.FIELD[=VALUE]`` (train only); other leftovers fail."""
+    overrides = []
+    for arg in extra:
+        flag, sep, text = arg.partition("=")
+        if name != "train" or not flag.startswith("--config."):
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        overrides.append((flag[len("--config."):], text if sep else None))
+    return overrides
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _initialize_distributed(args) -> None:
+    from bit_medical import parallel
+
+    parallel.initialize_distributed(args.coordinator_address, args.num_processes,
+                                    args.process_id, auto=args.distributed)
+
+
+def _train(args, overrides) -> None:
+    config = experiment.load(args.config)
+    for field, text in overrides:
+        experiment.override(config, field, text)
     from bit_medical import train
 
-    print(train.export_workdir(_require(_WORKDIR, "export")))
+    _initialize_distributed(args)
+    _print(train.train_and_evaluate(config, args.workdir))
 
 
-def _demo(argv):
+def _eval(args, overrides) -> None:
+    from bit_medical import train
+
+    _initialize_distributed(args)
+    _print(train.evaluate_workdir(args.workdir, split=args.split))
+
+
+def _export(args, overrides) -> None:
+    from bit_medical import train
+
+    print(train.export_workdir(args.workdir))
+
+
+def _demo(args, overrides) -> None:
     from bit_medical import demo
 
-    demo.run(_require(_WORKDIR, "demo"))
+    demo.run(args.workdir)
 
 
-def _prepare(argv):
+def _prepare(args, overrides) -> None:
     from input_pipeline import datasets
 
-    if len(argv) != 1:
-        raise app.UsageError(
-            f"`bit-medical prepare NAME ...` takes one dataset name: {', '.join(datasets.BUILDERS)}")
-    builder = datasets.prepare(argv[0], manual_dir=_require(_MANUAL_DIR, "prepare"),
-                               data_dir=_require(_DATA_DIR, "prepare"),
-                               config=_BUILDER_CONFIG.value, num_workers=_NUM_WORKERS.value,
-                               skip_corrupt=_SKIP_CORRUPT.value)
+    builder = datasets.prepare(args.name, manual_dir=args.manual_dir, data_dir=args.data_dir,
+                               config=args.builder_config, num_workers=args.num_workers,
+                               skip_corrupt=args.skip_corrupt)
     print(f"Prepared {builder.info.full_name} in {builder.data_dir}: "
           + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items()))
+
+
+RUN = {"train": _train, "eval": _eval, "export": _export, "demo": _demo, "prepare": _prepare}
 
 
 def _print(result) -> None:
     print(json.dumps(result, indent=2, default=float))
 
 
-class _QuietLibraries(logging.Filter):
-    """Drops the INFO chatter of Orbax and TFDS (kept: their warnings, and all of ours)."""
+# ----------------------------------------------------------------------------- set-up
 
-    NOISY = (f"{os.sep}orbax{os.sep}", f"{os.sep}tensorflow_datasets{os.sep}")
+
+class _QuietLibraries(logging.Filter):
+    """Drops the INFO chatter of JAX, Orbax and TFDS (kept: their warnings, and all of ours)."""
+
+    NOISY = tuple(f"{os.sep}{name}{os.sep}" for name in ("jax", "orbax", "tensorflow_datasets"))
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or not any(
             part in record.pathname for part in self.NOISY)
+
+
+def _set_up_logging() -> None:
+    """absl's log format at INFO, as ``absl.app`` would set it up."""
+    flags.FLAGS.mark_as_parsed()  # this command has no absl flags; libraries read defaults
+    absl_logging.use_absl_handler()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    # On the handler: JAX logs through the standard logging module, not absl's logger.
+    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def _use_compilation_cache() -> None:
@@ -118,25 +223,40 @@ def _use_compilation_cache() -> None:
                           os.path.join(pretrained.cache_dir(), "jax_compilation_cache"))
 
 
-def main(argv):
-    absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logging.get_absl_logger().addFilter(_QuietLibraries())
-    from bit_medical import parallel
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``bit-medical ARGV``; returns the exit status (2: a usage or user error)."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser, commands = _parser()
+    if not argv:
+        parser.print_usage(sys.stderr)
+        print(f"commands: {', '.join(COMMANDS)}; `bit-medical --help` says more",
+              file=sys.stderr)
+        return 2
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.error(f"a command is needed: {', '.join(COMMANDS)}")
+    overrides = _split_overrides(extra, args.command, commands[args.command])
+    verbose = getattr(args, "verbose", False) or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
-    parallel.tune_xla_cpu()
-    _use_compilation_cache()
-    if len(argv) < 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(f"Usage: bit-medical {{{','.join(COMMANDS)}}} [flags]; see --help")
-    command, rest = argv[1], argv[2:]
-    if command != "prepare" and rest:
-        raise app.UsageError(f"Unexpected arguments {rest}")
-    {"train": _train, "eval": _eval, "export": _export, "demo": _demo,
-     "prepare": _prepare}[command](rest)
+    _set_up_logging()
+    if args.command != "prepare":
+        from bit_medical import parallel
+
+        parallel.tune_xla_cpu()
+        _use_compilation_cache()
+    try:
+        RUN[args.command](args, overrides)
+    except USER_ERRORS as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"bit-medical {args.command}: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
-def run():
+def run() -> int:
     """Console-script entry point."""
-    app.run(main)
+    return main()
 
 
 if __name__ == "__main__":

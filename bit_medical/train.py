@@ -33,7 +33,8 @@ import optax
 from clu import metric_writers, parameter_overview, periodic_actions
 
 import input_pipeline
-from bit_medical import checkpoint, fewshot, hyperrule, losses, metrics, optim, parallel, results
+from bit_medical import (checkpoint, experiment, fewshot, hyperrule, losses, metrics, optim,
+                         parallel, results)
 from bit_medical.models import bit, export, pretrained
 from input_pipeline.fewshot import k_shot_indices
 
@@ -187,18 +188,23 @@ def make_schedule(config: ml_collections.ConfigDict, train_size: int
 
 
 def resolve_normalisation(config: ml_collections.ConfigDict) -> None:
-    """Fills an empty ``pp.norm`` with the normalisation the pre-trained model was trained on."""
+    """Fills an empty ``pp.norm`` with the normalisation the pre-trained model was trained on.
+
+    Training from scratch (no ``pretrained``) takes the schema's default.
+    """
     if config.pp.norm:
         return
     source = config.get("pretrained", "")
-    if source in bit.PUBLISHED:
+    if not source:
+        norm = experiment.base().pp.norm
+    elif source in bit.PUBLISHED:
         norm = "bit"  # released BiT models take [-1, 1] inputs
-    elif source and os.path.isdir(source):
+    elif os.path.isdir(source):
         norm = export.load_meta(source).get("preprocessing", {}).get("norm", "")
     else:
         norm = ""
     if not norm:
-        raise ValueError(
+        raise experiment.UserError(
             f"pp.norm is empty and cannot be read off pretrained={source!r}; set "
             f"--config.pp.norm=bit ([-1, 1]) or --config.pp.norm=imagenet (mean/std)")
     config.pp.norm = norm

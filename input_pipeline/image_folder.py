@@ -20,6 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from input_pipeline.errors import UserError
+
 # What tf.io.decode_image reads.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # What torchvision's ImageFolder would also take but TensorFlow cannot decode: an error, so a
@@ -40,10 +42,10 @@ class FolderListing:
 
 def _class_folders(root: str) -> list[str]:
     if not os.path.isdir(root):
-        raise ValueError(f"Image folder {root!r} does not exist or is not a directory")
+        raise UserError(f"Image folder {root!r} does not exist or is not a directory")
     names = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not names:
-        raise ValueError(f"Image folder {root!r} has no class sub-folders (expected root/<class>/<image>)")
+        raise UserError(f"Image folder {root!r} has no class sub-folders (expected root/<class>/<image>)")
     return names
 
 
@@ -140,8 +142,8 @@ def load_image_folder(root: str, *, class_names: list[str] | None = None,
         return listing
     named = [str(p) for p in listing.paths[bad[:_MAX_NAMED]]]
     if not skip_corrupt:
-        raise ValueError(f"{len(bad)} unreadable or corrupt image(s) in {root!r} (set data.skip_corrupt=True "
-                         f"to leave them out): {named}")
+        raise UserError(f"{len(bad)} unreadable or corrupt image(s) in {root!r} (pass "
+                        f"--config.data.skip_corrupt=true to leave them out): {named}")
     logging.warning("Skipping %d unreadable or corrupt image(s) in %r: %s", len(bad), root, named)
     keep = np.setdiff1d(np.arange(len(listing.paths)), bad)
     kept = FolderListing(listing.paths[keep], listing.labels[keep], listing.class_names)

@@ -57,6 +57,7 @@ import tensorflow_datasets as tfds
 from input_pipeline import fewshot
 from input_pipeline import image_folder
 from input_pipeline import preprocess
+from input_pipeline.errors import UserError
 
 NATURAL_TFDS_NAMES = ("cifar10", "cifar100", "oxford_iiit_pet", "oxford_flowers102", "imagenet2012")
 IMAGE_FOLDER = "image_folder"
@@ -165,7 +166,7 @@ def tfds_source(builder: Any, split: str) -> Source:
     if known:
         unknown = [s for s in _split_names(split) if s not in known]
         if unknown:
-            raise ValueError(f"Unknown split {unknown} in {split!r} for dataset {name!r}; available: {sorted(known)}")
+            raise UserError(f"Unknown split {unknown} in {split!r} for dataset {name!r}; available: {sorted(known)}")
     image_decoders = tfds.decode.PartialDecoding(
         {"image": True, "label": True}, decoders={"image": tfds.decode.SkipDecoding()})
 
@@ -485,7 +486,7 @@ def _eval_dataset(split: _Split, *, eval_fn, label_fn, pad_label, crop: int, ima
 def _check_config(config, process_count: int, start_step: int) -> None:
     pp = config.pp
     if pp.kind not in PP_KINDS:
-        raise ValueError(f"Unknown pp.kind {pp.kind!r}; valid: {list(PP_KINDS)}")
+        raise UserError(f"Unknown pp.kind {pp.kind!r}; valid: {list(PP_KINDS)}")
     preprocess.check_norm(pp.get("norm", "bit"))
     if int(pp.crop) <= 0:
         raise ValueError(f"pp.crop must be positive, got {pp.crop}")
@@ -519,10 +520,10 @@ def _xray_names(name: str) -> list[str] | None:
     return None
 
 
-def _unknown_name_error(name: str) -> ValueError:
+def _unknown_name_error(name: str) -> UserError:
     xray = _xray_module()
     xray_names = sorted(xray.XRAY_DATASETS) if xray is not None else []
-    return ValueError(f"Unknown data.name {name!r}; valid: {list(NATURAL_TFDS_NAMES)}, {IMAGE_FOLDER!r}, "
+    return UserError(f"Unknown data.name {name!r}; valid: {list(NATURAL_TFDS_NAMES)}, {IMAGE_FOLDER!r}, "
                       f"X-ray sources {xray_names} ('+'-joined to merge), or another registered TFDS "
                       "dataset with 'image' and 'label' features")
 

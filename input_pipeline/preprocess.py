@@ -38,6 +38,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from input_pipeline.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -65,7 +67,7 @@ _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 def check_norm(norm: str) -> None:
     """Raises ValueError naming the valid choices if `norm` is not a known normalisation."""
     if norm not in _NORM_AFFINE:
-        raise ValueError(f"Unknown pp.norm {norm!r}; valid: {sorted(_NORM_AFFINE)}")
+        raise UserError(f"Unknown pp.norm {norm!r}; valid: {sorted(_NORM_AFFINE)}")
 
 
 def model_input(images, norm: str):

@@ -129,6 +129,7 @@ def test_corrupt_images_are_reported_by_path(tmp_path):
         image_folder.load_image_folder(str(tmp_path))
     message = str(err.value)
     assert "2 unreadable or corrupt" in message
+    assert "--config.data.skip_corrupt=true" in message  # the flag a user types
     for path in bad:
         assert path in message
     assert "good" not in message

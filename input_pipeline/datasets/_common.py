@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import imaging
+from input_pipeline.errors import UserError
 
 VERSION = tfds.core.Version("1.0.0")
 RELEASE_NOTES = {"1.0.0": "First release."}
@@ -106,7 +107,7 @@ class Record:
     example: Mapping
 
 
-class UnreadableImageError(RuntimeError):
+class UnreadableImageError(UserError):
     """An image could not be decoded and skip_corrupt was off (a missing one raises
     FileNotFoundError)."""
 
@@ -377,7 +378,8 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     exc = FileNotFoundError if missing else UnreadableImageError
                     raise exc(
                         f"{self.name}: {result.error_kind} {record.image_file} ({result.message}). "
-                        "Pass skip_corrupt=True to leave such images out and count them."
+                        "Pass --skip_corrupt (skip_corrupt=True in Python) to leave such images "
+                        "out and count them."
                     )
                 logging.warning("%s: leaving out %s: %s (%s)", self.name, record.image_file,
                                 result.error_kind, result.message)

@@ -13,6 +13,7 @@ from input_pipeline.datasets import mimic
 from input_pipeline.datasets import nih
 from input_pipeline.datasets import padchest
 from input_pipeline.datasets import tuberculosis
+from input_pipeline.errors import UserError
 
 # Registered name -> builder class (explicit, so an unknown name lists the valid ones).
 BUILDERS = {
@@ -36,7 +37,7 @@ def builder_class(name: str):
     try:
         return BUILDERS[name]
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"Unknown X-ray dataset {name!r}; expected one of {sorted(BUILDERS)}.") from None
 
 
@@ -67,7 +68,13 @@ def prepare(
     cls = builder_class(name)
     valid_configs = [c.name for c in cls.BUILDER_CONFIGS]
     if config not in valid_configs:
-        raise ValueError(f"{name}: unknown config {config!r}; expected one of {valid_configs}.")
+        raise UserError(f"{name}: unknown config {config!r}; expected one of {valid_configs}.")
+    if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+        # Checked before TFDS creates data_dir (TFDS would assert, with a traceback).
+        state = "is empty" if os.path.isdir(manual_dir) else "is not a folder"
+        raise FileNotFoundError(
+            f"{name}: manual_dir {os.fspath(manual_dir)!r} {state}; it must be the dataset's "
+            f"downloaded root folder:\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     builder = cls(data_dir=os.fspath(data_dir), config=config, num_workers=num_workers,
                   skip_corrupt=skip_corrupt)
     builder.download_and_prepare(
