@@ -169,15 +169,13 @@ def make_schedule(config: ml_collections.ConfigDict, train_size: int
     if s.kind == "hyperrule":
         lr_fn = hyperrule.lr_schedule(config.optim.base_lr, train_size)
         total, alpha = hyperrule.train_steps(train_size), hyperrule.mixup_alpha(train_size)
-    elif s.kind in ("step", "cosine"):
+    else:  # step | cosine (check_config)
         steps_per_epoch = max(train_size // config.batch_size, 1)
         lr_fn = optim.pretrain_schedule(
             s.kind, base_lr=config.optim.base_lr, global_batch=config.batch_size,
             steps_per_epoch=steps_per_epoch, epochs=s.epochs, warmup_epochs=s.warmup_epochs,
             min_lr=s.min_lr, warmup_start_factor=s.warmup_start_factor)
         total, alpha = s.epochs * steps_per_epoch, 0.0
-    else:
-        raise ValueError(f"Unknown schedule.kind {s.kind!r}; valid: {', '.join(SCHEDULE_KINDS)}")
     if config.total_steps > 0:
         natural_fn, scale = lr_fn, total / config.total_steps
         lr_fn = lambda step: natural_fn(jnp.floor(step * scale))  # noqa: E731
@@ -185,6 +183,20 @@ def make_schedule(config: ml_collections.ConfigDict, train_size: int
     if config.mixup_alpha >= 0:
         alpha = config.mixup_alpha
     return jax.jit(lr_fn), int(total), float(alpha)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises a UserError naming the valid choices for a config field the loop dispatches on.
+
+    The config files check their own arguments; this catches ``--config.FIELD=`` overrides
+    before any data is read.
+    """
+    if config.model:
+        experiment.choice("model", config.model, bit.VARIANTS)
+    experiment.choice("head_init", config.head_init, bit.HEAD_INITS)
+    experiment.choice("dtype", config.dtype, DTYPES)
+    experiment.choice("schedule.kind", config.schedule.kind, SCHEDULE_KINDS)
+    experiment.choice("optim.name", config.optim.name, optim.OPTIMIZERS)
 
 
 def resolve_normalisation(config: ml_collections.ConfigDict) -> None:
@@ -330,7 +342,7 @@ def _probe_datasets(config: ml_collections.ConfigDict) -> dict:
                                 "probe_test": target.test_split}
         data = input_pipeline.get_datasets(cfg)
         if data.info.multilabel:
-            raise ValueError(f"probe target {name!r} is multi-label; the ridge probe needs "
+            raise experiment.UserError(f"probe target {name!r} is multi-label; the ridge probe needs "
                              f"single-label classes")
         probes[name] = (data, data.info.num_classes)
     return probes
@@ -374,6 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     SIGTERM stopped the run after saving its state.
     """
     config = ml_collections.ConfigDict(config.to_dict())  # never mutate the caller's config
+    check_config(config)
     resolve_normalisation(config)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -515,7 +528,7 @@ class _BestExport:
         if not self.split:
             return
         if self.split not in evals:
-            raise ValueError(f"best_split {self.split!r} is not an eval split of this run; "
+            raise experiment.UserError(f"best_split {self.split!r} is not an eval split of this run; "
                              f"valid: {', '.join(evals) or 'none'}")
         loss = evals[self.split]["loss"]
         if not loss < self.loss:
@@ -592,7 +605,8 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict[str, dict]:
     splits = dict(data.evals)
     if split is not None:
         if split not in splits:
-            raise ValueError(f"Unknown split {split!r}; this run evaluates on {sorted(splits)}")
+            raise experiment.UserError(f"unknown split {split!r}; this run evaluates on "
+                                       f"{', '.join(sorted(splits))}")
         splits = {split: splits[split]}
     eval_fn = jax.jit(functools.partial(eval_step, model=model, multilabel=data.info.multilabel,
                                         norm=config.pp.norm))

@@ -160,3 +160,19 @@ def test_load_runs_a_config_file_with_its_argument():
     with pytest.raises(experiment.UserError, match="no config file .*; .* holds demo.py, "
                                                    "pretrain.py, transfer.py"):
         experiment.load(os.path.join(REPO, "configs", "transfr.py:target=pets"))
+
+
+@pytest.mark.parametrize("field,value,valid", [
+    ("model", "BiT-R51x1", "BiT-S-R50x1"),
+    ("head_init", "ones", "reference, zero"),
+    ("dtype", "float16", "float32, bfloat16"),
+    ("schedule.kind", "linear", "hyperrule, step, cosine"),
+    ("optim.name", "adam", "sgd, sgd_agc"),
+])
+def test_overridden_fields_are_checked_before_any_data_is_read(field, value, valid):
+    from bit_medical import train
+
+    c = TRANSFER.get_config("pretrained=,model=BiT-R50x1")
+    experiment.override(c, field, value)
+    with pytest.raises(experiment.UserError, match=f"unknown {field} '{value}'; valid: {valid}"):
+        train.check_config(c)
