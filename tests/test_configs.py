@@ -51,6 +51,9 @@ def test_transfer_grid(target, shots):
     assert c.schedule.kind == "hyperrule" and c.seed == 4 and c.zero_head
     if target == "padchest":
         assert c.pp.kind == "xray" and c.data.multilabel_force_classification
+    elif TRANSFER.TARGETS[target].get("multilabel_shots") == "per_label":   # multi-label X-ray
+        assert c.pp.kind == "xray" and c.data.multilabel_shots == "per_label"
+        assert not c.data.multilabel_force_classification
     else:
         size = TRANSFER.TARGETS[target]["size"]
         assert (c.pp.resize, c.pp.crop) == hyperrule.resolution(size)
@@ -105,8 +108,9 @@ def test_cli_reports_bad_config_before_heavy_work(tmp_path):
 def test_schema_defaults_cover_every_field_the_pipeline_reads():
     c = experiment.base()
     for field in ("name", "data_dir", "train_split", "eval_splits", "valid_ratio", "shots",
-                  "oversample", "multilabel_force_classification", "skip_corrupt", "views",
-                  "label_set", "builder_config", "shuffle_buffer", "train_dir", "val_dir"):
+                  "oversample", "multilabel_force_classification", "multilabel_shots",
+                  "skip_corrupt", "views", "label_set", "builder_config", "shuffle_buffer",
+                  "train_dir", "val_dir"):
         assert field in c.data, field
 
 
