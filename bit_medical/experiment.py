@@ -160,6 +160,10 @@ def base() -> ml_collections.ConfigDict:
         valid_ratio=0.0, valid_seed=0, train_dir="", val_dir="", shots=0, oversample=False,
         multilabel_force_classification=False, skip_corrupt=False,
         label_set="intersection", builder_config="512", shuffle_buffer=10_000))
+    # Few-shot on a multi-label target: "single" (the reference: needs
+    # multilabel_force_classification, single-positive images as classes) | "per_label" (stays
+    # multi-label, masked BCE; every label gets >= shots positive images; not in the reference).
+    c.data.multilabel_shots = "single"
     # Typed references, so --config.data.views=... and --config.data.data_dir=... parse.
     c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
     c.data.views = ml_collections.FieldReference(None, field_type=tuple)  # X-ray; None: ref default

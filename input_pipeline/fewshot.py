@@ -1,10 +1,11 @@
 """Index selection on label arrays (numpy only): validation carve, single-label filter, k-shot,
-oversampling weights.
+per-label k-shot for multi-label targets, oversampling weights.
 
-Each function reproduces a step of the reference's ``finetune.py: mktrainval`` on the labels of
-the examples in their source order, so the same labels and seed give the same images as the
-reference. The functions return indices into the array they were given; the pipeline composes
-them in the reference's order: carve -> single-label filter -> k-shot.
+Each function but `per_label_k_shot_indices` reproduces a step of the reference's
+``finetune.py: mktrainval`` on the labels of the examples in their source order, so the same
+labels and seed give the same images as the reference. The functions return indices into the
+array they were given; the pipeline composes them in the reference's order: carve ->
+single-label filter -> k-shot (or carve -> per-label k-shot, which the reference lacks).
 """
 
 from __future__ import annotations
@@ -67,6 +68,58 @@ def k_shot_indices(class_ids: np.ndarray, shots: int, seed: int, num_classes: in
         logging.warning("%d-shot: %d classes have fewer examples and contribute all they have: %s",
                         shots, len(short), short[:10])
     indices = np.concatenate(chosen) if chosen else np.zeros([0], np.int64)
+    rng.shuffle(indices)
+    return indices
+
+
+def per_label_k_shot_indices(multi_hot: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """A few-shot subset of a multi-label set in which every label has >= `shots` positive images.
+
+    Not in the reference, which can only few-shot a multi-label target through the single-label
+    filter. `multi_hot` is [examples, labels] with 1 = positive, 0 = negative, NaN = unknown;
+    only a 1 counts as a positive. The draw, with ``np.random.RandomState(seed)``:
+
+    1. Order the labels by rarity: ascending number of positive images in the whole array, ties
+       by label index.
+    2. For each label in that order, if the images chosen so far (for the rarer labels) hold
+       fewer than `shots` of its positives: shuffle its positive images not chosen yet and add
+       the first ``shots - have`` of them. Counting the positives that images chosen for rarer
+       labels bring keeps the set small: a common label often needs no image of its own.
+    3. Shuffle the chosen indices once more with the same generator.
+
+    A label with fewer than `shots` positive images in the whole array contributes all of them
+    (logged, as `k_shot_indices` does for short classes), so a rare label never makes a run fail;
+    a label without any positive stays without. Images with no positive label are never drawn:
+    each label's negatives are the images drawn for the other labels. The result depends only on
+    `multi_hot`, `shots` and `seed` (never on host count or batch size), so every host draws the
+    same images.
+    """
+    if shots <= 0:
+        raise ValueError(f"shots must be positive, got {shots}")
+    multi_hot = np.asarray(multi_hot, np.float64)
+    if multi_hot.ndim != 2:
+        raise ValueError(f"multi-label targets must be [examples, labels], got shape {multi_hot.shape}")
+    positive = multi_hot == 1.0   # NaN == 1 is False: unknown never counts
+    totals = positive.sum(axis=0)
+    rng = np.random.RandomState(seed)
+    chosen = np.zeros(len(positive), bool)
+    have = np.zeros(positive.shape[1], np.int64)
+    picks = []
+    for label in np.argsort(totals, kind="stable"):
+        need = shots - have[label]
+        if need <= 0:
+            continue
+        candidates = np.flatnonzero(positive[:, label] & ~chosen)
+        rng.shuffle(candidates)
+        take = candidates[:need]
+        chosen[take] = True
+        have += positive[take].sum(axis=0)
+        picks.append(take)
+    short = [(int(label), int(totals[label])) for label in np.flatnonzero(totals < shots)]
+    if short:
+        logging.warning("%d-shot per label: %d labels have fewer positive images and contribute all they "
+                        "have (label, positives): %s", shots, len(short), short[:10])
+    indices = np.concatenate(picks) if picks else np.zeros([0], np.int64)
     rng.shuffle(indices)
     return indices
 

@@ -7,7 +7,8 @@ Stages, shared by every source (TFDS natural sets, image folders, the X-ray buil
    (TFDS: file order, read with ``interleave_cycle_length=1``; image folder: sorted paths).
 2. **Selection** (numpy, on labels, identical on every host): the reference's ``valid_ratio``
    carve, the single-label filter (``multilabel_force_classification``), k-shot draws
-   (`input_pipeline.fewshot`). The result is a sorted array of positions.
+   (`input_pipeline.fewshot`): per class, or on a multi-label target kept multi-label
+   (``multilabel_shots='per_label'``) per label. The result is a sorted array of positions.
 3. **Train stream**, resumable at any step. Global element ``g`` (the j-th example of global
    batch s is ``g = s * batch + j``) gets its augmentation from stateless ops keyed by
    ``(seed, g)``. Two ways to order examples:
@@ -62,6 +63,11 @@ from input_pipeline.errors import UserError
 NATURAL_TFDS_NAMES = ("cifar10", "cifar100", "oxford_iiit_pet", "oxford_flowers102", "imagenet2012")
 IMAGE_FOLDER = "image_folder"
 PP_KINDS = ("bit", "inception", "xray")
+# data.multilabel_shots: how a few-shot set of a multi-label target is drawn. 'single': the
+# reference's way, needing multilabel_force_classification (images with exactly one positive,
+# trained as single-label classes); 'per_label': the target stays multi-label, every label gets
+# at least k positive images (fewshot.per_label_k_shot_indices).
+MULTILABEL_SHOTS = ("single", "per_label")
 # Largest training selection (encoded bytes) kept in host memory for random access. Kept under
 # the 2 GiB protobuf limit that tf.data graph rewrites hit with captured constants.
 DEFAULT_CACHE_BUDGET_BYTES = 1 << 30
@@ -499,6 +505,12 @@ def _check_config(config, process_count: int, start_step: int) -> None:
     shots = int(config.data.get("shots", 0) or 0)
     if shots < 0:
         raise ValueError(f"data.shots must be >= 0, got {shots}")
+    multilabel_shots = config.data.get("multilabel_shots", "single")
+    if multilabel_shots not in MULTILABEL_SHOTS:
+        raise ValueError(f"Unknown data.multilabel_shots {multilabel_shots!r}; valid: {list(MULTILABEL_SHOTS)}")
+    if multilabel_shots == "per_label" and config.data.get("multilabel_force_classification", False):
+        raise ValueError("data.multilabel_shots='per_label' keeps the target multi-label; it cannot be combined "
+                         "with data.multilabel_force_classification=True (use multilabel_shots='single')")
     ratio = float(config.data.get("valid_ratio", 0.0) or 0.0)
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"data.valid_ratio must be in [0, 1), got {ratio}")
@@ -598,17 +610,21 @@ def get_datasets(config, *, start_step: int = 0, process_index: int | None = Non
     shots = int(data.get("shots", 0) or 0)
     ratio = float(data.get("valid_ratio", 0.0) or 0.0)
     force = bool(data.get("multilabel_force_classification", False))
+    per_label = data.get("multilabel_shots", "single") == "per_label"
     oversample = bool(data.get("oversample", False))
     crop = int(pp.crop)
 
     train_source, eval_sources = _build_sources(config)
     if force and not train_source.multilabel:
         raise ValueError(f"data.multilabel_force_classification needs a multi-label source; {train_source.name} is not")
-    if shots and train_source.multilabel and not force:
+    if per_label and not train_source.multilabel:
+        raise ValueError(f"data.multilabel_shots='per_label' needs a multi-label source; {train_source.name} is not")
+    if shots and train_source.multilabel and not (force or per_label):
         raise ValueError("Few-shot on a multi-label source needs data.multilabel_force_classification=True "
-                         "(the reference keeps images with exactly one positive label)")
+                         "(the reference keeps images with exactly one positive label) or "
+                         "data.multilabel_shots='per_label' (every label gets k positive images)")
 
-    # Selection, in the reference's order: carve, single-label filter, k-shot.
+    # Selection, in the reference's order: carve, single-label filter, k-shot (per class or per label).
     train_positions = np.arange(train_source.num_examples)
     evals = {k: _Split(s, np.arange(s.num_examples)) for k, s in eval_sources.items()}
     if ratio > 0:
@@ -622,18 +638,21 @@ def get_datasets(config, *, start_step: int = 0, process_index: int | None = Non
         train_positions = _single_label_filter(train_source, train_positions)
         for split in evals.values():
             split.positions = np.sort(_single_label_filter(split.source, split.positions))
-    labels_needed = shots > 0 or oversample
     class_ids = None
-    if labels_needed:
-        all_labels = train_source.labels if train_source.labels is not None else train_source.read_labels()
-        class_ids = _class_ids(all_labels[train_positions], force)
     num_classes = len(train_source.label_names)
-    if shots > 0:
-        pick = fewshot.k_shot_indices(class_ids, shots, seed, num_classes)
-        train_positions, class_ids = train_positions[pick], class_ids[pick]
-        if oversample:
-            logging.info("data.oversample ignored for a %d-shot set (the reference oversamples full sets only)", shots)
-            oversample = False
+    if shots > 0 or oversample:
+        all_labels = train_source.labels if train_source.labels is not None else train_source.read_labels()
+        labels = all_labels[train_positions]
+        if shots > 0 and per_label:
+            train_positions = train_positions[fewshot.per_label_k_shot_indices(labels, shots, seed)]
+        else:
+            class_ids = _class_ids(labels, force)
+            if shots > 0:
+                pick = fewshot.k_shot_indices(class_ids, shots, seed, num_classes)
+                train_positions, class_ids = train_positions[pick], class_ids[pick]
+    if shots > 0 and oversample:
+        logging.info("data.oversample ignored for a %d-shot set (the reference oversamples full sets only)", shots)
+        oversample = False
     order = np.argsort(train_positions, kind="stable")
     train_positions = train_positions[order]
     class_ids = class_ids[order] if class_ids is not None else None

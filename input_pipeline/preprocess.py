@@ -21,12 +21,17 @@ Semantics follow the reference's torchvision transforms (transfer_learning/datas
   torchvision's ``Resize`` uses (enlarging needs no antialiasing: there the two are the same
   filter); JPEGs decode with libjpeg's accurate DCT, as PIL does. PIL rounds to uint8 after each of
   its two separable passes, we once at the end: outputs differ by at most a level or so.
-- 'bit' train crops without resizing the whole image: the crop is drawn in resized coordinates as
-  ``RandomCrop`` draws it, mapped to the source pixels it covers (rounded to whole pixels), only
-  that window is decoded (JPEG) and it is resized straight to `crop` x `crop`. The crops have the
-  distribution of resize-then-crop; each crop's edges lie within half a source pixel of the exact
-  ones (its scale differs by at most one source pixel over the crop). Other formats decode fully,
-  then take the same window.
+- 'bit' train, sources whose shorter side is under `EXACT_CROP_MAX_SIDE` (CIFAR, digits, every
+  source the BiT-HyperRule gives 160/128): exactly the reference's order. The whole image is
+  resized (``Resize(resize)``, shorter side, aspect kept), then cropped at integer offsets and
+  flipped; pixels equal torchvision's to interpolation rounding (a level).
+- 'bit' train, larger sources: the crop is drawn in resized coordinates as ``RandomCrop`` draws
+  it, mapped to the source pixels it covers (rounded to whole pixels), only that window is
+  decoded (JPEG) and it is resized straight to `crop` x `crop`. The crops have the distribution
+  of resize-then-crop; each crop's edges lie within half a source pixel of the exact ones (its
+  scale differs by at most one source pixel over the crop, < 0.5% at the threshold). Other
+  formats decode fully, then take the same window. Both paths draw the same offsets and flip
+  from a seed.
 - The random-resized crop uses TF's ``sample_distorted_bounding_box`` (10 attempts, falling back
   to the whole image) where torchvision falls back to a centre crop with the ratio clamped; the
   two agree whenever a sample is accepted, which is nearly always within 10 attempts.
@@ -47,6 +52,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_AREA_RANGE = (0.08, 1.0)
 INCEPTION_ASPECT_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 INCEPTION_MAX_ATTEMPTS = 10
+
+# 'bit' train: a source whose shorter side is under this many pixels is resized whole, then cropped
+# (the reference's order, exact); larger ones take the windowed crop. Why 256: the windowed crop's
+# edges are rounded to half a source pixel, i.e. 0.5 * resize / side resized pixels; on a 32 px
+# CIFAR image at 160/128 that is 2.5 pixels per edge (the crop's zoom off by up to 4%; on digits at
+# 36/32 enough to cost accuracy against the reference), while from 256 px on it is at most one
+# pixel of the 512 px resize (0.4% zoom over a 480 crop) and a third of one at 160. Below 256 the
+# whole decode is small, so the windowed decode saves little; the BiT-HyperRule's 160/128 sources
+# (under 96 x 96) all fall below, Pets / Flowers / ImageNet-sized JPEGs (~500 x 375) stay above.
+EXACT_CROP_MAX_SIDE = 256
 
 # pp.norm -> per-channel (mean, std) of torchvision's ToTensor then Normalize(mean, std):
 # 'bit' is the reference's Normalize(0.5, 0.5), i.e. [-1, 1]. Exports state these numbers.
@@ -181,13 +196,13 @@ def _source_span(start: tf.Tensor, length: int, size: tf.Tensor, new_size: tf.Te
     return tf.cast(first, tf.int32), tf.cast(count, tf.int32)
 
 
-def bit_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, *, resize: int,
-                    crop: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """BiT-HyperRule's random crop of a [height, width] source: (window, flip).
+def bit_crop_offsets(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, *, resize: int,
+                     crop: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """BiT-HyperRule's random crop of a [height, width] source, in resized pixels: (top, left, flip).
 
-    The crop is drawn as torchvision's ``RandomCrop(crop)`` draws it on ``Resize(resize)``'s output
-    (offsets uniform in [0, size - crop]); `window` = int32 [y, x, h, w] are the source pixels it
-    covers, its edges rounded to the nearest pixel edge. `flip`: bool, the horizontal flip.
+    The offsets torchvision's ``RandomCrop(crop)`` draws on ``Resize(resize)``'s output (int32,
+    uniform in [0, size - crop]) and the ``RandomHorizontalFlip()`` (bool). Both train paths take
+    these.
     """
     new_h, new_w = shorter_side_size(height, width, resize)
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -195,38 +210,78 @@ def bit_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, *, res
     # RandomCrop draws offsets uniformly in [0, size - crop]; maxval is exclusive.
     top = tf.random.stateless_uniform([], top_seed, minval=0, maxval=new_h - crop + 1, dtype=tf.int32)
     left = tf.random.stateless_uniform([], left_seed, minval=0, maxval=new_w - crop + 1, dtype=tf.int32)
+    return top, left, _flip_decision(flip_seed)
+
+
+def bit_crop_window(height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor, *, resize: int,
+                    crop: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The windowed path's crop of a [height, width] source: (window, flip).
+
+    `window` = int32 [y, x, h, w] are the source pixels that the crop at `bit_crop_offsets`
+    covers, its edges rounded to the nearest pixel edge. `flip`: bool, the horizontal flip.
+    """
+    new_h, new_w = shorter_side_size(height, width, resize)
+    top, left, flip = bit_crop_offsets(height, width, seed, resize=resize, crop=crop)
     y, h = _source_span(top, crop, height, new_h)
     x, w = _source_span(left, crop, width, new_w)
-    return tf.stack([y, x, h, w]), _flip_decision(flip_seed)
+    return tf.stack([y, x, h, w]), flip
 
 
-def bit_train(image: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int) -> tf.Tensor:
-    """BiT-HyperRule train op on a decoded image: shorter side -> `resize`, random `crop`, flip.
+def takes_exact_crop(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """True where a [height, width] source is resized whole then cropped (`EXACT_CROP_MAX_SIDE`)."""
+    return tf.minimum(height, width) < EXACT_CROP_MAX_SIDE
 
-    Returns uint8 [crop, crop, 3]; the crop's window of the source is resized straight to `crop`
-    (see the module docstring).
-    """
+
+def _exact_bit_crop(image: tf.Tensor, seed: tf.Tensor, resize: int, crop: int) -> tf.Tensor:
+    """torchvision's ``Resize(resize)``, ``RandomCrop(crop)``, ``RandomHorizontalFlip()``, in order."""
+    shape = tf.shape(image)
+    new_h, new_w = shorter_side_size(shape[0], shape[1], resize)
+    top, left, flip = bit_crop_offsets(shape[0], shape[1], seed, resize=resize, crop=crop)
+    out = _resized_window(image, new_h, new_w, top, left, crop, crop)
+    return tf.cond(flip, lambda: tf.reverse(out, axis=[1]), lambda: out)
+
+
+def _windowed_bit_crop(image: tf.Tensor, seed: tf.Tensor, resize: int, crop: int) -> tf.Tensor:
     shape = tf.shape(image)
     window, flip = bit_crop_window(shape[0], shape[1], seed, resize=resize, crop=crop)
     pixels = tf.slice(image, tf.stack([window[0], window[1], 0]), tf.stack([window[2], window[3], -1]))
     return _resize_flipped(pixels, flip, crop)
 
 
-def decode_and_bit_crop(encoded: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int) -> tf.Tensor:
-    """`bit_train` from encoded bytes; JPEGs decode only the crop's window (faster).
+def bit_train(image: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int) -> tf.Tensor:
+    """BiT-HyperRule train op on a decoded image: shorter side -> `resize`, random `crop`, flip.
 
-    Takes the same window as ``bit_train(decode_rgb(encoded), seed, ...)``; the pixels are equal
-    too, except where chroma-subsampled JPEGs upsample colour at the window's border.
+    Returns uint8 [crop, crop, 3]. Sources with a side under `EXACT_CROP_MAX_SIDE` are resized
+    whole then cropped (exact); larger ones have the crop's window of the source resized
+    straight to `crop` (see the module docstring).
     """
+    shape = tf.shape(image)
+    return tf.cond(takes_exact_crop(shape[0], shape[1]),
+                   lambda: _exact_bit_crop(image, seed, resize, crop),
+                   lambda: _windowed_bit_crop(image, seed, resize, crop))
+
+
+def decode_and_bit_crop(encoded: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int) -> tf.Tensor:
+    """`bit_train` from encoded bytes; JPEGs on the windowed path decode only the crop's window.
+
+    Equal to ``bit_train(decode_rgb(encoded), seed, ...)`` (same path, same window), except where
+    a windowed chroma-subsampled JPEG upsamples colour at the window's border.
+    """
+    def decoded():
+        return bit_train(decode_rgb(encoded), seed, resize=resize, crop=crop)
+
     def jpeg():
         shape = tf.io.extract_jpeg_shape(encoded)
-        window, flip = bit_crop_window(shape[0], shape[1], seed, resize=resize, crop=crop)
-        pixels = tf.io.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=JPEG_DCT_METHOD)
-        pixels.set_shape([None, None, 3])
-        return _resize_flipped(pixels, flip, crop)
 
-    return tf.cond(tf.io.is_jpeg(encoded), jpeg,
-                   lambda: bit_train(decode_rgb(encoded), seed, resize=resize, crop=crop))
+        def windowed():
+            window, flip = bit_crop_window(shape[0], shape[1], seed, resize=resize, crop=crop)
+            pixels = tf.io.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=JPEG_DCT_METHOD)
+            pixels.set_shape([None, None, 3])
+            return _resize_flipped(pixels, flip, crop)
+
+        return tf.cond(takes_exact_crop(shape[0], shape[1]), decoded, windowed)
+
+    return tf.cond(tf.io.is_jpeg(encoded), jpeg, decoded)
 
 
 def bit_eval(image: tf.Tensor, *, crop: int) -> tf.Tensor:

@@ -49,6 +49,10 @@ def test_transfer_grid(target, shots):
     if target == "padchest":
         assert c.pp.kind == "xray" and c.data.multilabel_force_classification
         assert c.pp.norm == "bit"  # [-1, 1] whatever the pre-trained model (padchest.yaml)
+    elif TRANSFER.TARGETS[target].get("multilabel_shots") == "per_label":   # multi-label X-ray
+        assert c.pp.kind == "xray" and c.data.multilabel_shots == "per_label"
+        assert c.pp.norm == "bit"
+        assert not c.data.multilabel_force_classification
     else:
         size = TRANSFER.TARGETS[target]["size"]
         assert (c.pp.resize, c.pp.crop) == hyperrule.resolution(size)
@@ -106,8 +110,9 @@ def test_locked_config_rejects_typos():
 def test_schema_defaults_cover_every_field_the_pipeline_reads():
     c = experiment.base()
     for field in ("name", "data_dir", "train_split", "eval_splits", "valid_ratio", "shots",
-                  "oversample", "multilabel_force_classification", "skip_corrupt", "views",
-                  "label_set", "builder_config", "shuffle_buffer", "train_dir", "val_dir"):
+                  "oversample", "multilabel_force_classification", "multilabel_shots",
+                  "skip_corrupt", "views", "label_set", "builder_config", "shuffle_buffer",
+                  "train_dir", "val_dir"):
         assert field in c.data, field
 
 

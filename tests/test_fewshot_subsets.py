@@ -98,6 +98,72 @@ def test_k_shot_counts_per_class_and_short_classes():
         fewshot.k_shot_indices(labels, 0, seed=0, num_classes=4)
 
 
+def _multi_hot(n=300, seed=0):
+    """[n, 8] labels: label i positive with probability 0.4 / 2**i (rare to common), 20% unknown
+    (NaN); label 7's only 'positives' are NaN (it has none); some rows have no positive at all."""
+    rng = np.random.default_rng(seed)
+    rates = 0.4 / 2.0 ** np.arange(8)[::-1] * 8
+    labels = (rng.random((n, 8)) < np.minimum(rates, 0.5)).astype(np.float64)
+    labels[rng.random((n, 8)) < 0.2] = np.nan
+    labels[:, 7] = np.where(labels[:, 7] == 1, np.nan, labels[:, 7])
+    return labels
+
+
+def _per_label_reference(labels, shots, seed):
+    """The documented draw, written out: rarest label first, each adds its unchosen positives
+    (shuffled) until it has `shots`, counting positives brought by earlier picks; final shuffle."""
+    rng = np.random.RandomState(seed)
+    positive = np.nan_to_num(labels, nan=0.0) == 1
+    order = sorted(range(labels.shape[1]), key=lambda c: (positive[:, c].sum(), c))
+    chosen = []
+    for c in order:
+        have = sum(positive[i, c] for i in chosen)
+        if have >= shots:
+            continue
+        candidates = np.array([i for i in np.flatnonzero(positive[:, c]) if i not in chosen], np.int64)
+        rng.shuffle(candidates)
+        chosen.extend(candidates[:shots - have].tolist())
+    chosen = np.array(chosen, np.int64)
+    rng.shuffle(chosen)
+    return chosen
+
+
+@pytest.mark.parametrize("shots", [1, 5, 10])
+def test_per_label_k_shot_gives_every_label_k_positives(shots):
+    labels = _multi_hot()
+    idx = fewshot.per_label_k_shot_indices(labels, shots, seed=3)
+    np.testing.assert_array_equal(idx, _per_label_reference(labels, shots, seed=3))
+    assert len(set(idx.tolist())) == len(idx)
+    positive = labels == 1
+    totals, got = positive.sum(axis=0), positive[idx].sum(axis=0)
+    assert (got >= np.minimum(shots, totals)).all(), (got, totals)
+    assert got[7] == 0 and totals[7] == 0             # NaN never counts as a positive
+    assert positive[idx].any(axis=1).all()            # every drawn image is some label's positive
+    assert len(idx) <= shots * 7                      # at most k images per label that has positives
+    # Counting positives across labels makes the set smaller than k per label drawn separately.
+    assert shots == 1 or len(idx) < shots * 7
+
+
+def test_per_label_k_shot_depends_only_on_labels_and_seed(caplog):
+    labels = _multi_hot(seed=1)
+    a = fewshot.per_label_k_shot_indices(labels, 5, seed=0)
+    np.testing.assert_array_equal(a, fewshot.per_label_k_shot_indices(labels.copy(), 5, seed=0))
+    b = fewshot.per_label_k_shot_indices(labels, 5, seed=1)
+    assert set(a.tolist()) != set(b.tolist())
+    # Short labels contribute every positive they have, with a warning naming them.
+    few = np.array([[1, 0], [1, np.nan], [0, 1], [1, 0], [np.nan, 0]])
+    with caplog.at_level("WARNING"):
+        idx = fewshot.per_label_k_shot_indices(few, 2, seed=0)
+    # Label 1 (rarer) takes its one positive, image 2; label 0 two of its positives 0, 1, 3.
+    assert len(idx) == 3 and 2 in idx and set(idx.tolist()) - {2} <= {0, 1, 3}
+    assert (few[idx] == 1).sum(axis=0).tolist() == [2, 1]
+    assert "(1, 1)" in caplog.text
+    with pytest.raises(ValueError, match="shots must be positive"):
+        fewshot.per_label_k_shot_indices(labels, 0, seed=0)
+    with pytest.raises(ValueError, match=r"\[examples, labels\]"):
+        fewshot.per_label_k_shot_indices(labels[:, 0], 1, seed=0)
+
+
 def test_carve_validation_matches_reference_split():
     train, valid = fewshot.carve_validation(10, 0.3, valid_seed=7)
     order = np.arange(10)

@@ -2,6 +2,8 @@
 
 import io
 
+import scipy.stats
+import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
@@ -46,6 +48,13 @@ def test_shorter_side_size_matches_torchvision_resize(h, w):
 
 # ----------------------------------------------------------------------------- 'bit' train crop
 
+
+@pytest.fixture
+def windowed_crop(monkeypatch):
+    """Routes every source to the windowed 'bit' crop (its tests use small, fast images)."""
+    monkeypatch.setattr(preprocess, "EXACT_CROP_MAX_SIDE", 0)
+
+
 _CROP_CASES = [(30, 45, 40, 32), (45, 30, 40, 32), (120, 90, 40, 40), (17, 100, 20, 16), (375, 500, 512, 480)]
 
 
@@ -79,6 +88,7 @@ def test_bit_crop_window_covers_a_random_crop_of_the_resized_image(h, w, resize,
     assert 110 <= flips <= 190
 
 
+@pytest.mark.usefixtures("windowed_crop")
 @pytest.mark.parametrize("h,w,resize,crop", _CROP_CASES[:4])
 def test_bit_train_is_torchvision_resized_crop_of_its_window(h, w, resize, crop):
     img = _image(h, w)
@@ -92,6 +102,7 @@ def test_bit_train_is_torchvision_resized_crop_of_its_window(h, w, resize, crop)
         assert _diff(out, expected[:, ::-1] if flip else expected) <= _PIL_TOL
 
 
+@pytest.mark.usefixtures("windowed_crop")
 @pytest.mark.parametrize("h,w,resize,crop", _CROP_CASES[:4])
 def test_bit_train_is_within_a_pixel_of_torchvision_resize_then_random_crop(h, w, resize, crop):
     img = _image(h, w, period=(15, 30))   # smooth: a sub-pixel shift changes levels by little
@@ -116,6 +127,7 @@ def _jpeg(img, subsampling):
     return buf.getvalue()
 
 
+@pytest.mark.usefixtures("windowed_crop")
 def test_bit_crop_jpeg_fast_path_equals_generic_path():
     # Without chroma subsampling, decoding only the window is exact.
     encoded = tf.constant(_jpeg(_image(48, 64), subsampling=0))
@@ -132,14 +144,113 @@ def test_bit_crop_jpeg_fast_path_equals_generic_path():
         assert np.abs(fast.astype(np.int64) - slow).mean() < 2.5
 
 
-def test_bit_crop_falls_back_to_decoding_other_formats():
+def _png(img):
     buf = io.BytesIO()
-    Image.fromarray(_image(30, 45)).save(buf, "PNG")
-    encoded = tf.constant(buf.getvalue())
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_bit_crop_falls_back_to_decoding_other_formats():
+    encoded = tf.constant(_png(_image(30, 45)))
     for i in range(3):
         np.testing.assert_array_equal(
             preprocess.decode_and_bit_crop(encoded, _seed(i), resize=40, crop=32).numpy(),
             preprocess.bit_train(tf.constant(_image(30, 45)), _seed(i), resize=40, crop=32).numpy())
+
+
+# ----------------------------------------------------------------------------- 'bit' train crop, small sources
+
+# (h, w, resize, crop): CIFAR at the 160/128 rule, digits at 36/32, a non-square source (Resize
+# keeps the aspect), and sources the resize shrinks (where only an antialiased resize matches).
+_SMALL_CASES = [(32, 32, 160, 128), (28, 28, 36, 32), (30, 45, 40, 32), (240, 200, 160, 128), (100, 120, 64, 48)]
+
+
+def _offsets(h, w, seed, resize, crop):
+    top, left, flip = preprocess.bit_crop_offsets(h, w, seed, resize=resize, crop=crop)
+    return int(top), int(left), bool(flip)
+
+
+def _crop_flip(image, top, left, crop, flip):
+    """torchvision's crop at (top, left) of a PIL image or CHW tensor, as HWC numpy, then the flip."""
+    out = TF.crop(image, top, left, crop, crop)
+    out = out.permute(1, 2, 0).numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+    return out[:, ::-1] if flip else out
+
+
+@pytest.mark.parametrize("h,w,resize,crop", _SMALL_CASES)
+def test_small_source_crop_is_torchvision_resize_then_crop_at_the_same_offsets(h, w, resize, crop):
+    assert max(h, w) < preprocess.EXACT_CROP_MAX_SIDE
+    img = _image(h, w)
+    # The reference runs its transforms on PIL images: PIL's bilinear filter is always antialiased.
+    # Resize(int) keeps the aspect ratio; on a square source it is Resize((resize, resize)).
+    resized = {"pil": T.Resize(resize)(Image.fromarray(img))}
+    if h == w:
+        resized["pil squash"] = T.Resize((resize, resize))(Image.fromarray(img))
+    # On tensors, antialias=True is PIL's filter; antialias=False equals it only when enlarging.
+    chw = torch.from_numpy(img).permute(2, 0, 1)
+    resized["tensor antialias"] = T.Resize(resize, antialias=True)(chw)
+    no_antialias = T.Resize(resize, antialias=False)(chw)
+    shrinks = min(h, w) > resize
+    encoded = {"png": tf.constant(_png(img)), "jpeg": tf.constant(_jpeg(img, subsampling=0))}
+    decoded_jpeg = Image.open(io.BytesIO(encoded["jpeg"].numpy()))   # PIL's pixels = ours (accurate DCT)
+    flips = set()
+    for i in range(6):
+        top, left, flip = _offsets(h, w, _seed(i), resize, crop)
+        flips.add(flip)
+        out = preprocess.bit_train(tf.constant(img), _seed(i), resize=resize, crop=crop).numpy()
+        assert out.shape == (crop, crop, 3) and out.dtype == np.uint8
+        for name, image in resized.items():
+            assert _diff(out, _crop_flip(image, top, left, crop, flip)) <= _PIL_TOL, name
+        far = _diff(out, _crop_flip(no_antialias, top, left, crop, flip))
+        assert far > 2 if shrinks else far <= _PIL_TOL
+        np.testing.assert_array_equal(
+            preprocess.decode_and_bit_crop(encoded["png"], _seed(i), resize=resize, crop=crop).numpy(), out)
+        from_jpeg = preprocess.decode_and_bit_crop(encoded["jpeg"], _seed(i), resize=resize, crop=crop).numpy()
+        assert _diff(from_jpeg, _crop_flip(T.Resize(resize)(decoded_jpeg), top, left, crop, flip)) <= _PIL_TOL
+    assert flips == {False, True}
+
+
+def test_small_source_offsets_are_uniform_and_independent():
+    h, w, resize, crop = 32, 32, 40, 32      # offsets in [0, 8] on both axes
+    span = resize - crop + 1
+    n = 4000
+    draw = tf.function(lambda seeds: tf.map_fn(
+        lambda s: tf.stack([tf.cast(v, tf.int32) for v in preprocess.bit_crop_offsets(h, w, s, resize=resize, crop=crop)]),
+        seeds, fn_output_signature=tf.int32))
+    seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.fill([n], tf.constant(11, tf.int64))], axis=1)
+    top, left, flip = draw(seeds).numpy().T
+    assert top.min() == 0 and top.max() == span - 1 and left.min() == 0 and left.max() == span - 1
+    # Chi-square against RandomCrop's uniform law (deterministic seeds: no flakiness); the joint
+    # table also checks that top and left are independent, the flip a fair coin.
+    for counts in (np.bincount(top, minlength=span), np.bincount(left, minlength=span),
+                   np.bincount(top * span + left, minlength=span * span), np.bincount(flip, minlength=2)):
+        assert scipy.stats.chisquare(counts).pvalue > 1e-3, counts
+    assert abs(np.corrcoef(top, flip)[0, 1]) < 0.05 and abs(np.corrcoef(left, flip)[0, 1]) < 0.05
+
+
+def test_exact_crop_threshold_picks_the_path():
+    # Just under the threshold: resize then crop; at it: the windowed crop (large-image path).
+    # A high-frequency image tells the two apart.
+    side = preprocess.EXACT_CROP_MAX_SIDE
+    resize, crop = 2 * side, 2 * side - 32
+    told_apart = False
+    for h, exact in ((side - 1, True), (side, False)):
+        w = side + 40
+        img = _image(h, w, period=(0.7, 1.5))
+        resized = T.Resize(resize)(Image.fromarray(img))
+        assert bool(preprocess.takes_exact_crop(tf.constant(h), tf.constant(w))) == exact
+        for i in range(2):
+            top, left, flip = _offsets(h, w, _seed(i), resize, crop)
+            window, window_flip = preprocess.bit_crop_window(h, w, _seed(i), resize=resize, crop=crop)
+            y, x, wh, ww = window.numpy().tolist()
+            assert bool(window_flip) == flip
+            windowed = np.asarray(TF.resized_crop(Image.fromarray(img), y, x, wh, ww, [crop, crop], antialias=True))
+            windowed = windowed[:, ::-1] if flip else windowed
+            exact_crop = _crop_flip(resized, top, left, crop, flip)
+            out = preprocess.decode_and_bit_crop(tf.constant(_png(img)), _seed(i), resize=resize, crop=crop).numpy()
+            assert _diff(out, exact_crop if exact else windowed) <= _PIL_TOL
+            told_apart |= _diff(windowed, exact_crop) > 10
+    assert told_apart
 
 
 # ----------------------------------------------------------------------------- eval ops, rounding
@@ -162,6 +273,7 @@ def test_inception_eval_matches_torchvision_resize_center_crop(h, w):
     assert _diff(out, expected) <= _PIL_TOL
 
 
+@pytest.mark.usefixtures("windowed_crop")
 @pytest.mark.parametrize("h,w,size", [(20, 30, 48), (64, 50, 24), (30, 45, 40)])   # enlarge, shrink, mixed
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_uint8_outputs_are_the_float_resize_rounded_to_nearest(h, w, size, dtype):
