@@ -80,13 +80,15 @@ def _demo(argv):
 
 
 def _prepare(argv):
+    from bit_medical import paths
     from input_pipeline import datasets
 
     if len(argv) != 1:
         raise app.UsageError(
             f"`bit-medical prepare NAME ...` takes one dataset name: {', '.join(datasets.BUILDERS)}")
-    builder = datasets.prepare(argv[0], manual_dir=_require(_MANUAL_DIR, "prepare"),
-                               data_dir=_require(_DATA_DIR, "prepare"),
+    # TFDS would take a leading ~ literally.
+    builder = datasets.prepare(argv[0], manual_dir=paths.absolute(_require(_MANUAL_DIR, "prepare")),
+                               data_dir=paths.absolute(_require(_DATA_DIR, "prepare")),
                                config=_BUILDER_CONFIG.value, num_workers=_NUM_WORKERS.value,
                                skip_corrupt=_SKIP_CORRUPT.value)
     print(f"Prepared {builder.info.full_name} in {builder.data_dir}: "

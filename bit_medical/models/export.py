@@ -6,9 +6,10 @@ Layout of ``DIR/export`` (``DIR`` being a run's workdir)::
                   "multilabel", "preprocessing", ...}
     params/      an Orbax checkpoint of the parameter tree, saved as host numpy arrays
 
-Any JAX code restores it without importing this project::
+Any JAX code restores it without importing this project (Orbax takes only absolute paths)::
 
-    import json, orbax.checkpoint as ocp
+    import json, os, orbax.checkpoint as ocp
+    DIR = os.path.abspath(os.path.expanduser(DIR))
     params = ocp.StandardCheckpointer().restore(f"{DIR}/export/params")
     meta = json.load(open(f"{DIR}/export/model.json"))
 """
@@ -22,6 +23,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from bit_medical import paths
+
 FORMAT = "bit_medical.export/1"
 EXPORT_DIRNAME = "export"
 META_FILENAME = "model.json"
@@ -29,8 +32,11 @@ PARAMS_DIRNAME = "params"
 
 
 def export_dir(directory: str | os.PathLike) -> str:
-    """``DIR/export`` for a workdir, or ``directory`` itself if it already is an export."""
-    directory = os.fspath(directory)
+    """``DIR/export`` for a workdir, or ``directory`` itself if it already is an export.
+
+    The result is absolute (``paths.absolute``), as Orbax needs.
+    """
+    directory = paths.absolute(directory)
     if os.path.exists(os.path.join(directory, META_FILENAME)):
         return directory
     return os.path.join(directory, EXPORT_DIRNAME)
@@ -40,7 +46,7 @@ def save(directory: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[
     """Writes ``params`` and ``meta`` (JSON-serialisable) to ``directory``; returns its path."""
     import orbax.checkpoint as ocp  # deferred: orbax is slow to import and only needed here
 
-    directory = os.path.abspath(os.fspath(directory))
+    directory = paths.absolute(directory)
     os.makedirs(directory, exist_ok=True)
     host_params = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
     checkpointer = ocp.StandardCheckpointer()
