@@ -82,8 +82,8 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract_state: Any) -> tuple[int
               "damaged; move the step directories away to start without them")
     for bad, reason in failures.items():
         where = _set_aside(mgr.directory, bad)
-        logging.warning("Checkpoint step %d in %s is unreadable (%s); moved it to %s and "
-                        "resumed from step %d", bad, mgr.directory, reason, where, step)
+        logging.warning("Checkpoint step %d in %s is unreadable (%s); moved it to %s, using "
+                        "step %d instead", bad, mgr.directory, reason, where, step)
     if failures:
         mgr.reload()  # forget the moved steps, so that they are saved again when reached
     return step, state
@@ -155,11 +155,12 @@ def _sync(name: str) -> None:
 def _quiet_abandoned_reads() -> None:
     """Stops the echoes of a failed restore: the reads Orbax abandoned when one array failed.
 
-    Orbax then closes its event loop while the other TensorStore reads still run; as each
+    Orbax then closes its event loop while the other TensorStore reads still run. As each
     finishes, its callback finds the loop closed ("RuntimeError: Event loop is closed"), and
-    its coroutine, never awaited again, reports its own error when collected ("Exception
-    ignored in: <coroutine ...>"): dozens of tracebacks, some long after the restore returned,
-    for an error already reported. Those, and only those, are dropped.
+    its task or coroutine, never awaited again, reports its own error when collected ("Task
+    exception was never retrieved", "Exception ignored in: <coroutine ...>"): dozens of
+    tracebacks, some long after the restore returned, for an error already reported. Those,
+    and only those, are dropped.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_drops_abandoned_reads", False):
@@ -168,9 +169,25 @@ def _quiet_abandoned_reads() -> None:
     def hook(unraisable):
         error, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
         closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
-        orbax_coroutine = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-        if not (closed_loop or orbax_coroutine):
+        if not (closed_loop or (code is not None and _is_orbax(code.co_filename))):
             previous(unraisable)
 
     hook._drops_abandoned_reads = True
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_abandoned_task_filter)
+
+
+def _abandoned_task_filter(record: logging.LogRecord) -> bool:
+    """False for asyncio's report of an Orbax task whose error nobody awaited."""
+    if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
+        return True
+    tb = record.exc_info[2]
+    while tb is not None:
+        if _is_orbax(tb.tb_frame.f_code.co_filename):
+            return False
+        tb = tb.tb_next
+    return True
+
+
+def _is_orbax(filename: str) -> bool:
+    return f"{os.sep}orbax{os.sep}" in filename

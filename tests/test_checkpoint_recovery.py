@@ -80,7 +80,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes(
     assert len(notes) == 1, err[-5000:]
     bad_dir = os.path.join(workdir, checkpoint.BAD_DIRNAME, str(LAST))
     assert re.search(rf"Checkpoint step {LAST} in \S+ is unreadable \(\w+: .+\); moved it to "
-                     rf"{re.escape(bad_dir)} and resumed from step {PREVIOUS}$", notes[0]), notes[0]
+                     rf"{re.escape(bad_dir)}, using step {PREVIOUS} instead$", notes[0]), notes[0]
     assert f"at step {PREVIOUS}" in err  # "Resumed from ... at step 4"
     assert "Traceback" not in err and "Event loop is closed" not in err, err[-5000:]
     # Set aside exactly as it was found, and the step saved anew by the resumed run.
@@ -101,21 +101,21 @@ def test_no_readable_checkpoint_is_one_clear_error_and_nothing_moves(data_dir, s
     _copy_run(reference_run, workdir)
     for step, how in zip((2, 4, 6), ("truncated", "deleted", "garbled")):
         _damage(workdir, step, how)
-    before = _files(workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    before = _files(checkpoints)
 
     proc = cli(train_args(data_dir, small_npz, workdir), check=False)
 
     assert proc.returncode != 0
     err = proc.stderr
-    directory = os.path.join(workdir, "checkpoints")
-    match = re.search(rf"No readable checkpoint in {re.escape(directory)}: "
+    match = re.search(rf"No readable checkpoint in {re.escape(checkpoints)}: "
                       r"step 6: (.+); step 4: (.+); step 2: (.+)\. Nothing was moved", err)
     assert match, err[-5000:]
     assert all(match.groups())
     # One error, no echoes of the abandoned reads or of torn-down saves.
     assert err.count("Traceback (most recent call last)") <= 1, err[-5000:]
     assert "Event loop is closed" not in err and "interpreter shutdown" not in err, err[-5000:]
-    assert _files(workdir) == before
+    assert _files(checkpoints) == before
     assert not os.path.exists(os.path.join(workdir, checkpoint.BAD_DIRNAME))
 
 

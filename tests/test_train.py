@@ -43,11 +43,12 @@ def test_eight_devices_give_the_single_device_loss_curve(data_dir, small_npz, re
     np.testing.assert_allclose([eight[s] for s in one], [one[s] for s in one], atol=1e-4)
 
 
-@pytest.mark.parametrize("devices,fsdp", [(1, 1), (2, 2)], ids=["data_parallel", "fsdp"])
+@pytest.mark.parametrize("devices,fsdp", [(1, 1), (2, 4)], ids=["data_parallel", "fsdp"])
 def test_two_processes_train_together(data_dir, small_npz, reference_run, tmp_path, devices,
                                       fsdp):
-    """Two hosts give the single-device run; with fsdp, parameters are split across devices
-    (and host-wide statistics such as the parameter overview are collectives of all hosts)."""
+    """Two hosts give the single-device run. With fsdp over all 4 devices the parameters are
+    split across the hosts, so gathering them (e.g. for the parameter overview) is a collective
+    that every host must join."""
     train_processes(_train_args(data_dir, small_npz, tmp_path, f"--config.fsdp={fsdp}"), 2,
                     env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
     one, two = _scalars(reference_run), _scalars(str(tmp_path))
