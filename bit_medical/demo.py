@@ -17,7 +17,7 @@ import time
 
 import jax
 
-from bit_medical import experiment, results, train
+from bit_medical import experiment, paths, results, train
 
 SHOTS = (1, 10, "full")
 SEEDS = (0, 1)
@@ -62,7 +62,7 @@ def write_data(workdir: str) -> str:
 def run(workdir: str) -> list[dict]:
     """Runs the whole demo in ``workdir`` (re-running skips finished stages)."""
     start = time.time()
-    workdir = os.path.abspath(workdir)
+    workdir = paths.absolute(workdir)
     os.makedirs(workdir, exist_ok=True)
     # Transfer runs differ only in data and schedule, so their compiled steps are identical:
     # the persistent cache compiles each once.

@@ -174,9 +174,12 @@ def _demo(args, overrides) -> None:
 
 
 def _prepare(args, overrides) -> None:
+    from bit_medical import paths
     from input_pipeline import datasets
 
-    builder = datasets.prepare(args.name, manual_dir=args.manual_dir, data_dir=args.data_dir,
+    # TFDS would take a leading ~ literally.
+    builder = datasets.prepare(args.name, manual_dir=paths.absolute(args.manual_dir),
+                               data_dir=paths.absolute(args.data_dir),
                                config=args.builder_config, num_workers=args.num_workers,
                                skip_corrupt=args.skip_corrupt)
     print(f"Prepared {builder.info.full_name} in {builder.data_dir}: "

@@ -34,7 +34,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 
 import input_pipeline
 from bit_medical import (checkpoint, experiment, fewshot, hyperrule, losses, metrics, optim,
-                         parallel, results)
+                         parallel, paths, results)
 from bit_medical.models import bit, export, pretrained
 from input_pipeline.fewshot import k_shot_indices
 
@@ -197,6 +197,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     experiment.choice("dtype", config.dtype, DTYPES)
     experiment.choice("schedule.kind", config.schedule.kind, SCHEDULE_KINDS)
     experiment.choice("optim.name", config.optim.name, optim.OPTIMIZERS)
+
+
+def absolute_paths(config: ml_collections.ConfigDict) -> None:
+    """Makes the config's paths absolute (``paths.absolute``: relative to here, ``~`` expanded).
+
+    Done where a run starts, so that its saved config.json means the same from anywhere.
+    """
+    config.pretrained = pretrained.resolve_source(config.pretrained)
+    for key in ("data_dir", "train_dir", "val_dir"):
+        config.data[key] = paths.absolute(config.data[key])
 
 
 def resolve_normalisation(config: ml_collections.ConfigDict) -> None:
@@ -385,8 +395,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns the final evaluation metrics per eval split, or ``{"preempted": step}`` when a
     SIGTERM stopped the run after saving its state.
     """
-    config = ml_collections.ConfigDict(config.to_dict())  # never mutate the caller's config
     check_config(config)
+    workdir = paths.absolute(workdir)
+    mgr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+    try:
+        return _train_and_evaluate(config, workdir, mgr)
+    finally:
+        mgr.close()  # also after an error: a save in flight completes instead of being torn
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        mgr) -> dict[str, Any]:
+    config = ml_collections.ConfigDict(config.to_dict())  # never mutate the caller's config
+    absolute_paths(config)
     resolve_normalisation(config)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -397,7 +418,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     mesh = parallel.make_mesh(config.fsdp)
     batch_sharding = parallel.batch_sharding(mesh)
-    mgr = checkpoint.manager(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints)
     start = mgr.latest_step() or 0
     data = input_pipeline.get_datasets(config, start_step=start)
     info = data.info
@@ -409,14 +429,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     abstract_state, state_shardings = _state_layout(model, tx, mesh, info.image_size)
     if start:
-        state = checkpoint.restore(mgr, start, abstract_state)
+        restored, state = checkpoint.restore_latest(mgr, abstract_state)
+        if restored != start:  # the latest was unreadable: the data stream restarts earlier
+            start = restored
+            data = input_pipeline.get_datasets(config, start_step=start)
         logging.info("Resumed from %s at step %d", mgr.directory, start)
     else:
         if params is None:
             params = _init_params(model, config.seed, info.image_size, state_shardings.params)
         state = jax.jit(functools.partial(_fresh_state, tx), out_shardings=state_shardings)(params)
-    if is_main:
-        parameter_overview.log_parameter_overview(parallel.to_host(state.params))
+    # Every process joins: the statistics of parameters sharded over hosts are collectives.
+    parameter_overview.log_parameter_overview(state.params, include_stats="global",
+                                              jax_logging_process=0)
 
     rng = jax.random.key(config.seed)
     lam_fn = mixup_lambdas(mixup_alpha, config.seed) if mixup_alpha > 0 else lambda _: 1.0
@@ -455,12 +479,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if probes:
                     writer.write_scalars(done, linear_probe(features_fn, state.params, probes,
                                                             batch_sharding, config))
-            if done % config.checkpoint_every == 0 or done == total_steps:
+            preempted = preemption.reached(mgr, done) and done < total_steps
+            if done % config.checkpoint_every == 0 or done == total_steps or preempted:
                 _check_finite(state)
-                checkpoint.save(mgr, done, state, force=True)
-            if preemption.reached(mgr, done) and done < total_steps:
-                _check_finite(state)
-                checkpoint.save(mgr, done, state, force=True)
+                checkpoint.save(mgr, done, state)
+            if preempted:
                 mgr.wait_until_finished()
                 logging.warning("Preempted at step %d; run the same command to resume", done)
                 writer.flush()
@@ -478,7 +501,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _append_results(config, workdir, final, tag, total_steps)
     export.save(os.path.join(workdir, export.EXPORT_DIRNAME), host_params,
                 export_meta(config, model, info, tag, total_steps))
-    mgr.close()
     return final
 
 
@@ -584,18 +606,21 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore_workdir(workdir: str):
-    """``(config, model, state, data)`` of the latest checkpoint of the run in ``workdir``."""
+    """``(config, model, state, data)`` of the latest readable checkpoint of the run in ``workdir``.
+
+    Unreadable newer steps are set aside as when training resumes (``checkpoint.restore_latest``).
+    """
+    workdir = paths.absolute(workdir)
     config = load_config(workdir)
-    mgr = checkpoint.manager(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints)
-    step = mgr.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint in {mgr.directory}")
     data = input_pipeline.get_datasets(config)
     model, _ = build_model(config, data.info.num_classes, load_weights=False)
     abstract_state, _ = _state_layout(model, make_optimizer(config),
                                       parallel.make_mesh(config.fsdp), data.info.image_size)
-    state = checkpoint.restore(mgr, step, abstract_state)
-    mgr.close()
+    mgr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
+    try:
+        _, state = checkpoint.restore_latest(mgr, abstract_state)
+    finally:
+        mgr.close()
     return config, model, state, data
 
 

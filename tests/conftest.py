@@ -38,3 +38,58 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~30 s on 2 CPU cores")
+
+
+# ----------------------------------------------------------------------------- tiny runs
+# Shared by the train-loop tests (test_train, test_checkpoint_recovery, test_paths); see
+# run_helpers.py.
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir with the demo's synthetic CheXpert and Tuberculosis sets, prepared."""
+    from input_pipeline import datasets
+    from input_pipeline.datasets import fixtures
+
+    root = tmp_path_factory.mktemp("demo_data")
+    fixtures.write_chexpert(root / "chexpert", n_train=48, n_valid=12, image_size=(40, 36),
+                            small=True, seed=0)
+    fixtures.write_tuberculosis(root / "tb", n_shenzhen=24, n_montgomery=8, image_size=(40, 36),
+                                seed=1)
+    data = str(root / "tfds")
+    datasets.prepare("chexpert_v1", manual_dir=root / "chexpert", data_dir=data, config="full",
+                     num_workers=1)
+    datasets.prepare("tuberculosis_cxr", manual_dir=root / "tb", data_dir=data, config="full",
+                     num_workers=1)
+    return data
+
+
+@pytest.fixture(scope="session")
+def small_npz(tmp_path_factory):
+    """A random BiT-R14x0.5 in the official .npz layout, standing in for a pre-trained model."""
+    from bit_medical.models import bit, convert
+
+    model = bit.create_model("BiT-R14x0.5", 13)
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(
+        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
+        bit.param_shapes(model))
+    path = tmp_path_factory.mktemp("pretrained") / "small.npz"
+    convert.save_npz(params, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def reference_run(data_dir, small_npz, tmp_path_factory):
+    """One uninterrupted single-device CLI run: the baseline the other runs must reproduce.
+
+    Checkpoints at steps 2, 4 and 6 (run_helpers.STEPS); its export holds the final params.
+    """
+    import run_helpers
+
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    run_helpers.cli(run_helpers.train_args(data_dir, small_npz, workdir))
+    return workdir

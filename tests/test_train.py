@@ -7,11 +7,9 @@ random "pre-trained" model with plain SGD (no init or AGC to compile: that is wh
 here); the in-process ones cover pre-training with AGC and multi-label BCE.
 """
 
-import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,110 +18,9 @@ import numpy as np
 import pytest
 
 from bit_medical import results, train
-from bit_medical.models import export
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 6
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    from input_pipeline import datasets
-    from input_pipeline.datasets import fixtures
-
-    root = tmp_path_factory.mktemp("demo_data")
-    fixtures.write_chexpert(root / "chexpert", n_train=48, n_valid=12, image_size=(40, 36),
-                            small=True, seed=0)
-    fixtures.write_tuberculosis(root / "tb", n_shenzhen=24, n_montgomery=8, image_size=(40, 36),
-                                seed=1)
-    data = str(root / "tfds")
-    datasets.prepare("chexpert_v1", manual_dir=root / "chexpert", data_dir=data, config="full",
-                     num_workers=1)
-    datasets.prepare("tuberculosis_cxr", manual_dir=root / "tb", data_dir=data, config="full",
-                     num_workers=1)
-    return data
-
-
-@pytest.fixture(scope="session")
-def small_npz(tmp_path_factory):
-    """A random BiT-R14x0.5 in the official .npz layout, standing in for a pre-trained model."""
-    import jax
-
-    from bit_medical.models import bit, convert
-
-    model = bit.create_model("BiT-R14x0.5", 13)
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
-        bit.param_shapes(model))
-    path = tmp_path_factory.mktemp("pretrained") / "small.npz"
-    convert.save_npz(params, path)
-    return str(path)
-
-
-def _overrides(**extra):
-    """CLI overrides making the demo's transfer stage tiny (32 px, batch 8, 6 steps, SGD)."""
-    values = {"batch_size": 8, "eval_batch_size": 8, "log_every": 1, "checkpoint_every": 2,
-              "total_steps": STEPS, "pp.crop": 32, "pp.resize": 36, "pp.norm": "bit",
-              "optim.name": "sgd", **extra}
-    return [f"--config.{k}={v}" for k, v in values.items()]
-
-
-def _config(data_dir, **extra):
-    """The same tiny run as a ConfigDict, for in-process calls."""
-    from bit_medical import demo
-
-    config = demo.demo_config(stage="pretrain", data_dir=data_dir, probe=False)
-    for key, value in {"batch_size": 8, "eval_batch_size": 8, "log_every": 1, "eval_every": 0,
-                       "checkpoint_every": 2, "total_steps": STEPS, **extra}.items():
-        config[key] = value
-    config.pp.crop = config.pp.resize = 32
-    return config
-
-
-def _cli(args, *, env=None, timeout=600, check=True):
-    full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "bit_medical.main", *args], cwd=REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def _train_args(data_dir, pretrained, workdir, *extra):
-    return ["train", f"--config=configs/demo.py:stage=transfer,data_dir={data_dir},"
-            f"pretrained={pretrained}", f"--workdir={workdir}", *_overrides(), *extra]
-
-
-def _scalars(workdir, tag="loss"):
-    """{step: value} of a scalar the run logged to TensorBoard."""
-    import tensorflow as tf
-
-    out = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    out[event.step] = float(tf.make_ndarray(value.tensor))
-    return out
-
-
-def _params(workdir):
-    return export.load(workdir)[1]
-
-
-def _assert_same_params(a, b, **tol):
-    import jax
-
-    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
-
-
-@pytest.fixture(scope="session")
-def reference_run(data_dir, small_npz, tmp_path_factory):
-    """One uninterrupted single-device run: the baseline the other runs must reproduce."""
-    workdir = str(tmp_path_factory.mktemp("reference"))
-    _cli(_train_args(data_dir, small_npz, workdir))
-    return workdir
+from run_helpers import (REPO, STEPS, assert_same_params as _assert_same_params, cli as _cli,
+                         config as _config, params as _params, scalars as _scalars,
+                         train_args as _train_args, train_processes)
 
 
 def test_tiny_run_lowers_the_loss(data_dir, tmp_path):
@@ -146,18 +43,14 @@ def test_eight_devices_give_the_single_device_loss_curve(data_dir, small_npz, re
     np.testing.assert_allclose([eight[s] for s in one], [one[s] for s in one], atol=1e-4)
 
 
-def test_two_processes_train_together(data_dir, small_npz, reference_run, tmp_path):
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "bit_medical.main",
-         *_train_args(data_dir, small_npz, tmp_path, f"--coordinator_address=localhost:{port}",
-                      "--num_processes=2", f"--process_id={i}")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-5000:]
+@pytest.mark.parametrize("devices,fsdp", [(1, 1), (2, 4)], ids=["data_parallel", "fsdp"])
+def test_two_processes_train_together(data_dir, small_npz, reference_run, tmp_path, devices,
+                                      fsdp):
+    """Two hosts give the single-device run. With fsdp over all 4 devices the parameters are
+    split across the hosts, so gathering them (e.g. for the parameter overview) is a collective
+    that every host must join."""
+    train_processes(_train_args(data_dir, small_npz, tmp_path, f"--config.fsdp={fsdp}"), 2,
+                    env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
     one, two = _scalars(reference_run), _scalars(str(tmp_path))
     np.testing.assert_allclose([two[s] for s in sorted(one)], [one[s] for s in sorted(one)],
                                atol=1e-4)

@@ -8,10 +8,11 @@ both laid out as::
                   "multilabel", "image_size", "preprocessing": {..., "mean", "std"}, ...}
     params/      an Orbax checkpoint of the parameter tree, saved as host numpy arrays
 
-Any JAX code restores it without importing this project (Orbax wants an absolute path)::
+Any JAX code restores it without importing this project (Orbax takes only absolute paths)::
 
     import json, os, orbax.checkpoint as ocp
-    params = ocp.StandardCheckpointer().restore(os.path.abspath(f"{DIR}/export/params"))
+    DIR = os.path.abspath(os.path.expanduser(DIR))
+    params = ocp.StandardCheckpointer().restore(f"{DIR}/export/params")
     meta = json.load(open(f"{DIR}/export/model.json"))
 """
 
@@ -23,6 +24,8 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+
+from bit_medical import paths
 
 FORMAT = "bit_medical.export/2"
 # Version 1 lacked "model", the normalisation's mean/std and the best-export fields; what
@@ -36,8 +39,11 @@ PARAMS_DIRNAME = "params"
 
 def export_dir(directory: str | os.PathLike) -> str:
     """The export a path names: itself if it is one, else a workdir's ``export_best`` (the
-    best by validation loss, as the reference's fine-tuning loads) or else its ``export``."""
-    directory = os.fspath(directory)
+    best by validation loss, as the reference's fine-tuning loads) or else its ``export``.
+
+    The result is absolute (``paths.absolute``), as Orbax needs.
+    """
+    directory = paths.absolute(directory)
     for candidate in (directory, os.path.join(directory, BEST_EXPORT_DIRNAME)):
         if os.path.exists(os.path.join(candidate, META_FILENAME)):
             return candidate
@@ -48,7 +54,7 @@ def save(directory: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[
     """Writes ``params`` and ``meta`` (JSON-serialisable) to ``directory``; returns its path."""
     import orbax.checkpoint as ocp  # deferred: orbax is slow to import and only needed here
 
-    directory = os.path.abspath(os.fspath(directory))
+    directory = paths.absolute(directory)
     os.makedirs(directory, exist_ok=True)
     host_params = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
     checkpointer = ocp.StandardCheckpointer()

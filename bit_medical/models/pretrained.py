@@ -10,6 +10,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from bit_medical import paths
 from bit_medical.models import bit, convert, export
 from bit_medical.models.convert import CheckpointError
 
@@ -59,13 +60,19 @@ def _copy_with_progress(src, dst, size: int, name: str) -> None:
             bar.update(len(chunk))
 
 
+def resolve_source(source: str | os.PathLike) -> str:
+    """A released name as given; a path made absolute (``paths.absolute``: ``~``, relative)."""
+    source = os.fspath(source)
+    return source if source in bit.PUBLISHED else paths.absolute(source)
+
+
 def load_params(source: str | os.PathLike) -> tuple[dict, dict]:
     """Reads parameters from any supported source; returns ``(params, meta)``.
 
     ``meta`` holds what the source says about the model besides its weights (``model`` name,
     and for exports the label names and preprocessing).
     """
-    source = os.fspath(source)
+    given, source = os.fspath(source), resolve_source(source)
     if source in bit.PUBLISHED:
         return convert.params_from_npz(fetch(source)), {"model": source}
     if os.path.isdir(source):
@@ -73,7 +80,7 @@ def load_params(source: str | os.PathLike) -> tuple[dict, dict]:
         return params, meta
     if not os.path.exists(source):
         raise FileNotFoundError(
-            f"{source!r} is neither a released BiT name ({', '.join(bit.PUBLISHED)}) nor an "
+            f"{given!r} is neither a released BiT name ({', '.join(bit.PUBLISHED)}) nor an "
             f"existing file or directory")
     if source.endswith(".npz"):
         return convert.params_from_npz(source), {}
@@ -86,7 +93,7 @@ def load_params(source: str | os.PathLike) -> tuple[dict, dict]:
 
 def architecture_of(source: str | os.PathLike) -> bit.Architecture:
     """The architecture a source holds, read from names or metadata before any weights."""
-    source = os.fspath(source)
+    source = resolve_source(source)
     if source in bit.PUBLISHED:
         return bit.PUBLISHED[source]
     if os.path.isdir(source):
@@ -127,7 +134,7 @@ def load_model(source: str | os.PathLike, num_classes: int | None = None, *,
       CheckpointError: unreadable file, or weights that do not form the model (names every
         missing, unexpected and mis-shaped parameter with expected and found shapes).
     """
-    source = os.fspath(source)
+    source = resolve_source(source)
     bit.check_head_init(head_init)
     params, meta = load_params(source)
     units, width, ckpt_classes = convert.infer_architecture(params, source)
