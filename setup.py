@@ -50,6 +50,7 @@ setuptools.setup(
             "nbformat>=5.9",
             "nbclient>=0.10",
             "ipykernel>=6.29",
+            "ruff>=0.6",
         ],
         "tpu": ["jax[tpu]>=0.5,<0.12"],
         "cuda": ["jax[cuda12]>=0.5,<0.12"],

@@ -138,6 +138,7 @@ def torchvision_batches(root: str, args) -> Iterator:
 def ours_batches(root: str, args, setup: list) -> Iterator:
     """get_datasets' train batches; appends the set-up time (incl. the folder's file check) to `setup`."""
     import ml_collections  # pylint: disable=g-import-not-at-top
+
     from input_pipeline import get_datasets  # pylint: disable=g-import-not-at-top  (imports TensorFlow)
 
     config = ml_collections.ConfigDict(dict(
@@ -162,6 +163,7 @@ def per_file_batches(root: str, args, fn) -> Iterator:
     Only the shape leaves the map: what is timed is the work on each file, not batching.
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     from input_pipeline import image_folder  # pylint: disable=g-import-not-at-top
 
     paths = image_folder.list_image_folder(root).paths
@@ -182,6 +184,7 @@ def per_file_batches(root: str, args, fn) -> Iterator:
 def decode_only(root: str, args):
     """Full JPEG decode of each file (the same libjpeg and DCT as ours)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     from input_pipeline import preprocess  # pylint: disable=g-import-not-at-top
 
     return per_file_batches(root, args, lambda i, enc: tf.io.decode_jpeg(enc, channels=3,
@@ -191,6 +194,7 @@ def decode_only(root: str, args):
 def stages(root: str, args) -> dict:
     """Ours' per-image work alone: the crop window's decode; window decode + resize + round."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     from input_pipeline import preprocess  # pylint: disable=g-import-not-at-top
 
     def seed(i):
@@ -221,7 +225,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each pipeline, interleaved")
     parser.add_argument("--norm", choices=sorted(NORM_STATS), default="bit",
-                        help="torchvision's Normalize (bit: [-1, 1]; imagenet: mean/std); ours applies it on the device")
+                        help="torchvision's Normalize (bit: [-1, 1]; imagenet: mean/std); "
+                             "ours applies it on the device")
     parser.add_argument("--stages", action="store_true", help="also time ours' per-image stages")
     args = parser.parse_args()
 

@@ -111,8 +111,8 @@ def bench_jax(args):
 
 
 def bench_torch(args):
-    import torch
     import timm
+    import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = timm.create_model(args.timm_model, pretrained=False, num_classes=args.num_classes)

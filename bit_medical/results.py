@@ -15,8 +15,8 @@ project can be set against them in ``table`` and ``plot_vs_shots``.
 from __future__ import annotations
 
 import csv
-import gzip
 import glob
+import gzip
 import importlib.resources
 import io
 import math

@@ -33,8 +33,7 @@ import optax
 from clu import metric_writers, parameter_overview, periodic_actions
 
 import input_pipeline
-from bit_medical import (checkpoint, experiment, fewshot, hyperrule, losses, metrics, optim,
-                         parallel, paths, results)
+from bit_medical import checkpoint, experiment, fewshot, hyperrule, losses, metrics, optim, parallel, paths, results
 from bit_medical.models import bit, export, pretrained
 from input_pipeline.fewshot import k_shot_indices
 

@@ -55,9 +55,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline import fewshot
-from input_pipeline import image_folder
-from input_pipeline import preprocess
+from input_pipeline import fewshot, image_folder, preprocess
 from input_pipeline.errors import UserError
 
 NATURAL_TFDS_NAMES = ("cifar10", "cifar100", "oxford_iiit_pet", "oxford_flowers102", "imagenet2012")
@@ -312,10 +310,13 @@ def _preprocessors(pp, source_kind: str):
         xray = _xray_module()
         if kind == "xray":
             if norm != "bit":
-                raise ValueError(f"pp.kind 'xray' normalises to [-1, 1] as the reference; pp.norm must be 'bit', got {norm!r}")
+                raise ValueError(f"pp.kind 'xray' normalises to [-1, 1] as the reference; "
+                                 f"pp.norm must be 'bit', got {norm!r}")
             return (lambda enc, seed: xray.preprocess_train(xray.decode(enc), seed, size=crop),
                     lambda enc: xray.preprocess_eval(xray.decode(enc), size=crop), tf.float32)
-        decode = lambda enc: preprocess.grey01_to_rgb255(xray.decode(enc))
+        def decode(enc):
+            return preprocess.grey01_to_rgb255(xray.decode(enc))
+
         if kind == "bit":
             return (lambda enc, seed: preprocess.bit_train(decode(enc), seed, resize=resize, crop=crop),
                     lambda enc: preprocess.bit_eval(decode(enc), crop=crop), tf.uint8)

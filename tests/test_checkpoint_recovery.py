@@ -18,8 +18,8 @@ import pytest
 
 from bit_medical import checkpoint, train
 from bit_medical.models import export
-from run_helpers import (REPO, STEPS, assert_same_params, cli, params, processes, scalars,
-                         train_args)
+
+from run_helpers import REPO, STEPS, assert_same_params, cli, params, processes, scalars, train_args
 
 LAST, PREVIOUS = STEPS, STEPS - 2
 

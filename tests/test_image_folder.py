@@ -8,11 +8,10 @@ import io
 import logging
 import os
 
-import torchvision
-
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torchvision
 from PIL import Image  # noqa: E402
 
 import input_pipeline  # noqa: E402

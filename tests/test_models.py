@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import timm
+import torch
 from timm.models.resnetv2 import _load_weights as timm_load_npz
 
 import bit_medical

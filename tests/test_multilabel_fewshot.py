@@ -54,7 +54,8 @@ def _rows(labels):
 
 def test_transfer_config_of_a_multilabel_target(data_dir):
     c = _config(data_dir)
-    assert (c.data.name, c.data.shots, c.data.multilabel_shots, c.pp.kind) == ("chexpert_v1", SHOTS, "per_label", "xray")
+    assert (c.data.name, c.data.shots, c.data.multilabel_shots, c.pp.kind) == (
+        "chexpert_v1", SHOTS, "per_label", "xray")
     assert not c.data.multilabel_force_classification and c.data.eval_splits.to_dict() == {"test": "validation"}
 
 
@@ -103,7 +104,8 @@ def test_per_label_shots_errors_name_the_conflict(data_dir, tmp_path):
     with pytest.raises(ValueError, match="'per_label' needs a multi-label source"):
         input_pipeline.get_datasets(folder, process_index=0, process_count=1)
     # Without either mode, few-shot on a multi-label target names both.
-    with pytest.raises(ValueError, match="multilabel_force_classification=True .* or data.multilabel_shots='per_label'"):
+    with pytest.raises(ValueError, match="multilabel_force_classification=True .* or "
+                                         "data.multilabel_shots='per_label'"):
         input_pipeline.get_datasets(_config(data_dir, multilabel_shots="single"), process_index=0, process_count=1)
 
 

@@ -11,6 +11,7 @@ import pytest
 import bit_medical
 from bit_medical import experiment, paths, train
 from bit_medical.models import export
+
 from run_helpers import assert_same_params, cli, params, train_args
 
 

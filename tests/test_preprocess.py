@@ -2,16 +2,15 @@
 
 import io
 
-import scipy.stats
-import torch
-import torchvision.transforms as T
-import torchvision.transforms.functional as TF
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import scipy.stats
 import tensorflow as tf  # noqa: E402
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from PIL import Image  # noqa: E402
 
 from input_pipeline import preprocess
@@ -215,7 +214,8 @@ def test_small_source_offsets_are_uniform_and_independent():
     span = resize - crop + 1
     n = 4000
     draw = tf.function(lambda seeds: tf.map_fn(
-        lambda s: tf.stack([tf.cast(v, tf.int32) for v in preprocess.bit_crop_offsets(h, w, s, resize=resize, crop=crop)]),
+        lambda s: tf.stack([tf.cast(v, tf.int32)
+                            for v in preprocess.bit_crop_offsets(h, w, s, resize=resize, crop=crop)]),
         seeds, fn_output_signature=tf.int32))
     seeds = tf.stack([tf.range(n, dtype=tf.int64), tf.fill([n], tf.constant(11, tf.int64))], axis=1)
     top, left, flip = draw(seeds).numpy().T
@@ -300,7 +300,8 @@ def test_model_input_matches_torchvision_normalize():
     images = np.stack([_image(8, 9, seed=s) for s in range(2)])
     for norm, (mean, std) in {"imagenet": (preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD),
                               "bit": ((0.5,) * 3, (0.5,) * 3)}.items():
-        expected = np.stack([T.Compose([T.ToTensor(), T.Normalize(mean, std)])(Image.fromarray(im)).permute(1, 2, 0).numpy()
+        to_tensor = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+        expected = np.stack([to_tensor(Image.fromarray(im)).permute(1, 2, 0).numpy()
                              for im in images])
         got = preprocess.model_input(images, norm)
         assert got.dtype == np.float32 and got.shape == images.shape

@@ -18,9 +18,15 @@ import numpy as np
 import pytest
 
 from bit_medical import results, train
-from run_helpers import (REPO, STEPS, assert_same_params as _assert_same_params, cli as _cli,
-                         config as _config, params as _params, scalars as _scalars,
-                         train_args as _train_args, train_processes)
+from bit_medical.models import export
+
+from run_helpers import REPO, STEPS, train_processes
+from run_helpers import assert_same_params as _assert_same_params
+from run_helpers import cli as _cli
+from run_helpers import config as _config
+from run_helpers import params as _params
+from run_helpers import scalars as _scalars
+from run_helpers import train_args as _train_args
 
 
 def test_tiny_run_lowers_the_loss(data_dir, tmp_path):

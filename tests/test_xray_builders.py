@@ -11,9 +11,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from input_pipeline import datasets as xray_datasets
-from input_pipeline.datasets import _common
-from input_pipeline.datasets import fixtures
-from xray_helpers import load as _load, prepare as _prepare
+from input_pipeline.datasets import _common, fixtures
+
+from xray_helpers import load as _load
+from xray_helpers import prepare as _prepare
 
 NAN = math.nan
 

@@ -6,14 +6,13 @@ import os
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 import pytest
+from PIL import Image
 
-from input_pipeline.datasets import _common
-from input_pipeline.datasets import fixtures
-from input_pipeline.datasets import padchest
-from xray_helpers import load as _load, prepare as _prepare
+from input_pipeline.datasets import _common, fixtures, padchest
 
+from xray_helpers import load as _load
+from xray_helpers import prepare as _prepare
 
 # ----------------------------------------------------------------------------- PadChest
 

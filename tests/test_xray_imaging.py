@@ -4,12 +4,11 @@ import io
 
 import cv2
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from input_pipeline import imaging
-from input_pipeline.datasets import _common
-from input_pipeline.datasets import fixtures
+from input_pipeline.datasets import _common, fixtures
 
 
 def _cv2_reference(img_u8: np.ndarray, size: int) -> np.ndarray:

@@ -6,10 +6,6 @@ covidx_cxr2, tuberculosis_cxr; configs `512` (default), `224`, `full`. Use
 config=..., skip_corrupt=..., num_workers=...)`.
 """
 
-from input_pipeline.datasets.prepare import BUILDERS
-from input_pipeline.datasets.prepare import DEFAULT_VIEWS
-from input_pipeline.datasets.prepare import LABEL_NAMES
-from input_pipeline.datasets.prepare import builder_class
-from input_pipeline.datasets.prepare import prepare
+from input_pipeline.datasets.prepare import BUILDERS, DEFAULT_VIEWS, LABEL_NAMES, builder_class, prepare
 
 __all__ = ["BUILDERS", "DEFAULT_VIEWS", "LABEL_NAMES", "builder_class", "prepare"]

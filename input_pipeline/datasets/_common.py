@@ -21,9 +21,9 @@ import multiprocessing
 import os
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from input_pipeline import imaging
 from input_pipeline.errors import UserError

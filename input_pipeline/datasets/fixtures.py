@@ -26,9 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from input_pipeline.datasets import chexpert
-from input_pipeline.datasets import nih
-from input_pipeline.datasets import padchest
+from input_pipeline.datasets import chexpert, nih, padchest
 
 
 @dataclasses.dataclass

@@ -20,8 +20,7 @@ import os
 
 from absl import logging
 
-from input_pipeline.datasets import _common
-from input_pipeline.datasets import chexpert
+from input_pipeline.datasets import _common, chexpert
 
 NAME = "mimic_cxr_jpg"
 LABEL_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"

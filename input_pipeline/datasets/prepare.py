@@ -7,12 +7,7 @@ from typing import Optional
 
 import tensorflow_datasets as tfds
 
-from input_pipeline.datasets import chexpert
-from input_pipeline.datasets import covidx
-from input_pipeline.datasets import mimic
-from input_pipeline.datasets import nih
-from input_pipeline.datasets import padchest
-from input_pipeline.datasets import tuberculosis
+from input_pipeline.datasets import chexpert, covidx, mimic, nih, padchest, tuberculosis
 from input_pipeline.errors import UserError
 
 # Registered name -> builder class (explicit, so an unknown name lists the valid ones).
