@@ -44,7 +44,6 @@ def pytest_configure(config):
 # Shared by the train-loop tests (test_train, test_checkpoint_recovery, test_paths); see
 # run_helpers.py.
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -70,15 +69,10 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_npz(tmp_path_factory):
     """A random BiT-R14x0.5 in the official .npz layout, standing in for a pre-trained model."""
-    from bit_medical.models import bit, convert
+    import run_helpers
 
-    model = bit.create_model("BiT-R14x0.5", 13)
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
-        bit.param_shapes(model))
     path = tmp_path_factory.mktemp("pretrained") / "small.npz"
-    convert.save_npz(params, path)
+    run_helpers.random_npz(path, 13)
     return str(path)
 
 

@@ -19,6 +19,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 
 
+def random_npz(path, num_classes: int, seed: int = 0) -> dict:
+    """Writes a random BiT-R14x0.5 with ``num_classes`` outputs in the official .npz layout,
+    standing in for a pre-trained model; returns its parameters."""
+    import jax
+
+    from bit_medical.models import bit, convert
+
+    rng = np.random.default_rng(seed)
+    params = jax.tree_util.tree_map(
+        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
+        bit.param_shapes(bit.create_model("BiT-R14x0.5", num_classes)))
+    convert.save_npz(params, path)
+    return params
+
+
 def overrides(**extra):
     """CLI overrides making the demo's transfer stage tiny (32 px, batch 8, 6 steps, SGD)."""
     values = {"batch_size": 8, "eval_batch_size": 8, "log_every": 1, "checkpoint_every": 2,

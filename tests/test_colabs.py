@@ -3,13 +3,11 @@
 import glob
 import os
 
-import jax
 import nbformat
-import numpy as np
 import pytest
 from nbclient import NotebookClient
 
-from bit_medical.models import bit, convert
+import run_helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(REPO, "colabs", "*.ipynb")))
@@ -32,12 +30,7 @@ def test_transfer_colab_runs(tmp_path):
     data_dir = str(tmp_path / "tfds")
     datasets.prepare("tuberculosis_cxr", manual_dir=tmp_path / "tb", data_dir=data_dir,
                      num_workers=1)
-    model = bit.create_model("BiT-R14x0.5", 4)
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
-        bit.param_shapes(model))
-    convert.save_npz(params, tmp_path / "small.npz")
+    run_helpers.random_npz(tmp_path / "small.npz", 4)
 
     nb = nbformat.read(os.path.join(REPO, "colabs", "transfer.ipynb"), as_version=4)
     parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]

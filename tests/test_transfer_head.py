@@ -5,14 +5,15 @@ Reference: SLAMPAI/large-scale-pretraining-transfer, transfer_learning/models/bu
 bias=True)`` whatever the class counts).
 """
 
-import jax
 import numpy as np
 import pytest
 import torch
 
 import bit_medical
 from bit_medical import experiment, train
-from bit_medical.models import bit, convert
+from bit_medical.models import bit
+
+import run_helpers
 
 FEATURES = 1024  # BiT-R14x0.5's pre-logit width
 
@@ -20,14 +21,8 @@ FEATURES = 1024  # BiT-R14x0.5's pre-logit width
 @pytest.fixture(scope="module")
 def source_npz(tmp_path_factory):
     """A 'pre-trained' BiT-R14x0.5 with a trained-looking (non-zero) 5-class head."""
-    model = bit.create_model("BiT-R14x0.5", 5)
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(
-        lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
-        bit.param_shapes(model))
     path = tmp_path_factory.mktemp("source") / "source.npz"
-    convert.save_npz(params, path)
-    return str(path), params
+    return str(path), run_helpers.random_npz(path, 5)
 
 
 def _torch_head(features, classes, seed):
