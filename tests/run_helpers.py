@@ -108,7 +108,7 @@ def scalars(workdir, tag="loss"):
 
 def params(workdir):
     """The parameters of a finished run's export."""
-    return export.load(workdir)[1]
+    return export.load(workdir)[0]
 
 
 def assert_same_params(a, b, **tol):

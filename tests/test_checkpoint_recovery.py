@@ -135,7 +135,7 @@ def test_export_and_eval_recover_the_same_way(reference_run, tmp_path, caplog):
     assert len(notes) == 1 and f"step {LAST} in" in notes[0], notes
     assert os.path.isdir(os.path.join(workdir, checkpoint.BAD_DIRNAME, str(LAST)))
     assert _steps(workdir) == [2, PREVIOUS]
-    meta, exported_params = export.load(exported)
+    exported_params, meta = export.load(exported)
     assert meta["step"] == PREVIOUS
     assert_same_params(exported_params, expected, rtol=0, atol=0)
 

@@ -69,7 +69,7 @@ def test_load_model_and_export_load_take_relative_and_home_paths(form, reference
     model, variables = bit_medical.load_model(given)
     assert model.num_classes == 2
     assert_same_params(variables["params"], params(str(target)), rtol=0, atol=0)
-    meta, loaded = export.load(given)
+    loaded, meta = export.load(given)
     assert meta["num_classes"] == 2
     assert_same_params(loaded, variables["params"], rtol=0, atol=0)
     # A pretrained file too, as load_model's source.

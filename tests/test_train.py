@@ -181,7 +181,7 @@ def test_best_validation_loss_export_is_what_a_workdir_transfers(data_dir, tmp_p
     # The best export holds the parameters of that step's checkpoint.
     state = ocp.StandardCheckpointer().restore(
         os.path.join(workdir, "checkpoints", str(best_step), "default"))
-    best = export.load(os.path.join(workdir, export.BEST_EXPORT_DIRNAME))[1]
+    best = export.load(os.path.join(workdir, export.BEST_EXPORT_DIRNAME))[0]
     _assert_same_params(best, state["params"], rtol=0, atol=0)
     # pretrained=WORKDIR (and load_model(WORKDIR)) take the best; WORKDIR/export the last.
     _, from_workdir = bit_medical.load_model(workdir)

@@ -85,10 +85,11 @@ def load_meta(directory: str | os.PathLike) -> dict:
 
 
 def load(directory: str | os.PathLike) -> tuple[dict, dict]:
-    """Reads an export (or a workdir holding ``export/``): returns ``(meta, params)``."""
+    """Reads an export (or a workdir's, see ``export_dir``): returns ``(params, meta)``, the
+    order of ``pretrained.load_params``."""
     import orbax.checkpoint as ocp
 
     meta = load_meta(directory)
     params = ocp.StandardCheckpointer().restore(
         os.path.join(export_dir(directory), PARAMS_DIRNAME))
-    return meta, params
+    return params, meta

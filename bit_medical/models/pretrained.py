@@ -76,8 +76,7 @@ def load_params(source: str | os.PathLike) -> tuple[dict, dict]:
     if source in bit.PUBLISHED:
         return convert.params_from_npz(fetch(source)), {"model": source}
     if os.path.isdir(source):
-        meta, params = export.load(source)
-        return params, meta
+        return export.load(source)
     if not os.path.exists(source):
         raise FileNotFoundError(
             f"{given!r} is neither a released BiT name ({', '.join(bit.PUBLISHED)}) nor an "
