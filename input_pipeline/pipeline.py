@@ -214,21 +214,10 @@ def tfds_source(builder: Any, split: str) -> Source:
                   read_labels=functools.cache(read_labels), bytes_per_example=bytes_per_example)
 
 
-def _xray_module():
-    """input_pipeline.xray, or None while it is not there (written separately)."""
-    try:
-        from input_pipeline import xray  # pylint: disable=g-import-not-at-top
-    except ModuleNotFoundError as err:
-        if err.name == "input_pipeline.xray":
-            return None
-        raise   # A dependency of the module is missing: say so rather than "unknown dataset".
-    return xray
-
-
 def xray_source(names: list[str], split: str, *, data_dir, views, label_set,
                 builder_config) -> Source:
     """'+'-merged X-ray TFDS builders (via `input_pipeline.xray.read`) as a Source."""
-    xray = _xray_module()
+    from input_pipeline import xray  # imported on use: tests put a stand-in in its place
     src = xray.read(names, split, data_dir=data_dir, views=views, label_set=label_set,
                     builder_config=builder_config)
     dataset = src.dataset  # {"image": encoded bytes, "label"}
@@ -307,7 +296,7 @@ def _preprocessors(pp, source_kind: str):
     """
     kind, crop, resize, norm = pp.kind, int(pp.crop), int(pp.get("resize", 0) or 0), pp.get("norm", "bit")
     if source_kind == "xray":
-        xray = _xray_module()
+        from input_pipeline import xray  # imported on use: tests put a stand-in in its place
         if kind == "xray":
             if norm != "bit":
                 raise ValueError(f"pp.kind 'xray' normalises to [-1, 1] as the reference; "
@@ -523,19 +512,19 @@ def _xray_names(name: str) -> list[str] | None:
     """The '+'-separated X-ray names of `name`, or None if it is not an X-ray source."""
     if name == IMAGE_FOLDER or name in NATURAL_TFDS_NAMES:
         return None
-    xray = _xray_module()
+    from input_pipeline import xray  # imported on use: tests put a stand-in in its place
     parts = [p.strip() for p in name.split("+")]
-    if xray is not None and all(p in xray.XRAY_DATASETS for p in parts):
+    if all(p in xray.XRAY_DATASETS for p in parts):
         return parts
     if "+" in name:
-        valid = sorted(xray.XRAY_DATASETS) if xray is not None else "(input_pipeline.xray is not importable)"
+        valid = sorted(xray.XRAY_DATASETS)
         raise ValueError(f"data.name {name!r}: only X-ray sources can be merged with '+'; X-ray names: {valid}")
     return None
 
 
 def _unknown_name_error(name: str) -> UserError:
-    xray = _xray_module()
-    xray_names = sorted(xray.XRAY_DATASETS) if xray is not None else []
+    from input_pipeline import xray  # imported on use: tests put a stand-in in its place
+    xray_names = sorted(xray.XRAY_DATASETS)
     return UserError(f"Unknown data.name {name!r}; valid: {list(NATURAL_TFDS_NAMES)}, {IMAGE_FOLDER!r}, "
                       f"X-ray sources {xray_names} ('+'-joined to merge), or another registered TFDS "
                       "dataset with 'image' and 'label' features")
