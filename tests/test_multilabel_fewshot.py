@@ -16,6 +16,8 @@ from PIL import Image
 import input_pipeline
 from input_pipeline import fewshot, xray
 
+import run_helpers
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHOTS = 5
 
@@ -110,20 +112,13 @@ def test_per_label_shots_errors_name_the_conflict(data_dir, tmp_path):
 
 
 def test_smoke_run_of_a_multilabel_target_trains_with_bce_and_reports_mean_auc(data_dir, tmp_path):
-    import jax
-
     from bit_medical import results, train
-    from bit_medical.models import bit, convert
 
-    # A random BiT-R14x0.5 in the official .npz layout stands in for a pre-trained model; its
-    # 2-class head differs from the target's 13 labels, so the transfer starts from a zero head.
-    model = bit.create_model("BiT-R14x0.5", 2)
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(lambda s: (0.05 * rng.standard_normal(s.shape)).astype(np.float32),
-                                    bit.param_shapes(model))
-    convert.save_npz(params, tmp_path / "small.npz")
+    # A random BiT-R14x0.5 in the official .npz layout stands in for a pre-trained model; the
+    # transfer starts from a new zero head (head_init=zero), so every logit is 0 at step 1.
+    run_helpers.random_npz(tmp_path / "small.npz", 2)
     config = _transfer_config(f"target=chexpert,shots={SHOTS},seed=0,smoke=true,data_dir={data_dir},"
-                              f"pretrained={tmp_path / 'small.npz'}")
+                              f"pretrained={tmp_path / 'small.npz'},head_init=zero")
     config.pp.crop, config.pp.norm = 32, "bit"
     config.optim.name, config.log_every, config.total_steps = "sgd", 1, 2
     config.data.eval_splits = {"test": "validation"}   # smoke's "[:32]" needs 32 examples; the fixture has 12
