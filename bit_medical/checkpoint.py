@@ -25,7 +25,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from bit_medical import paths
 from bit_medical.models.convert import CheckpointError
 
 __all__ = ["CheckpointError", "manager", "save", "restore_latest", "BAD_DIRNAME"]
@@ -34,7 +36,7 @@ BAD_DIRNAME = "checkpoints_bad"  # beside DIR/checkpoints: steps that could not 
 _REASON_CHARS = 300
 
 
-def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
+def manager(workdir: str | epath.Path, *, keep: int) -> ocp.CheckpointManager:
     """A manager of ``workdir/checkpoints`` (``workdir`` absolute) keeping the ``keep`` latest.
 
     Saves are asynchronous (training continues while the files are written); the train loop
@@ -42,7 +44,7 @@ def manager(workdir: str, *, keep: int) -> ocp.CheckpointManager:
     waits for a save in flight, which would otherwise be torn down at interpreter exit.
     """
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+    return ocp.CheckpointManager(paths.path(workdir) / "checkpoints", options=options)
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any) -> None:
@@ -127,20 +129,21 @@ def _all_processes_agree(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
-def _set_aside(directory, step: int) -> str:
+def _set_aside(directory, step: int) -> epath.Path:
     """Moves ``directory/<step>`` to ``../checkpoints_bad/<step>`` (``<step>.1``, ... if taken).
 
     Every process returns the same target; process 0 moves the directory.
     """
-    bad_dir = os.path.join(os.path.dirname(os.fspath(directory)), BAD_DIRNAME)
-    target, n = os.path.join(bad_dir, str(step)), 0
-    while os.path.exists(target):
+    directory = epath.Path(directory)
+    bad_dir = directory.parent / BAD_DIRNAME
+    target, n = bad_dir / str(step), 0
+    while target.exists():
         n += 1
-        target = os.path.join(bad_dir, f"{step}.{n}")
+        target = bad_dir / f"{step}.{n}"
     _sync(f"bit_medical.checkpoint.set_aside.{step}.looked")
     if jax.process_index() == 0:
-        os.makedirs(bad_dir, exist_ok=True)
-        os.rename(os.path.join(os.fspath(directory), str(step)), target)
+        bad_dir.mkdir(parents=True, exist_ok=True)
+        (directory / str(step)).rename(target)
     _sync(f"bit_medical.checkpoint.set_aside.{step}.moved")
     return target
 

@@ -15,7 +15,6 @@ project can be set against them in ``table`` and ``plot_vs_shots``.
 from __future__ import annotations
 
 import csv
-import glob
 import gzip
 import importlib.resources
 import io
@@ -23,10 +22,11 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+
+from bit_medical import paths
 
 COLUMNS = (
     "metric_value", "metric", "path", "seed", "shot", "pretrained_model", "dataset", "last_step",
@@ -100,22 +100,21 @@ def append(
             [repr(number), name, path, int(seed), shot, pretrained_model, dataset, int(last_step)]
         )
 
-    csv_path = Path(csv_path)
+    csv_path = paths.path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not csv_path.exists() or csv_path.stat().st_size == 0
-    if not new_file:
-        with open(csv_path, newline="") as f:
-            header = next(csv.reader(f), [])
+    old = csv_path.read_text() if csv_path.exists() else ""
+    if old:
+        header = next(csv.reader(io.StringIO(old)), [])
         if tuple(header) != COLUMNS:
             raise ValueError(
                 f"{csv_path}: header {header} is not the results schema {list(COLUMNS)}; "
                 "refusing to append"
             )
-    text = (",".join(COLUMNS) + "\n" if new_file else "") + lines.getvalue()
-    with open(csv_path, "a", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    # Object stores cannot append: the file is rewritten whole, through a temporary beside it,
+    # so an interrupted write never leaves a truncated results file.
+    partial = csv_path.with_name(csv_path.name + ".partial")
+    partial.write_text((old or ",".join(COLUMNS) + "\n") + lines.getvalue())
+    partial.replace(csv_path)
     return len(metrics)
 
 
@@ -131,24 +130,33 @@ def load(paths_or_glob: PathLike | Iterable[PathLike]) -> list[Row]:
     """
     if isinstance(paths_or_glob, (str, os.PathLike)):
         paths_or_glob = [paths_or_glob]
-    files: list[str] = []
+    files: list = []
     for item in paths_or_glob:
         item = os.fspath(item)
-        if _GLOB_CHARS.search(item) and not os.path.exists(item):
-            matched = sorted(glob.glob(item))
+        if _GLOB_CHARS.search(item) and not paths.path(item).exists():
+            matched = _glob(item)
             if not matched:
                 raise FileNotFoundError(f"no results file matches {item!r}")
             files.extend(matched)
-        elif os.path.isfile(item):
-            files.append(item)
+        elif paths.path(item).is_file():
+            files.append(paths.path(item))
         else:
             raise FileNotFoundError(f"results file not found: {item!r}")
     rows: list[Row] = []
-    for name in files:
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(name, "rt", newline="") as f:
-            rows.extend(_parse(f, name))
+    for file in files:
+        with file.open("rb") as raw, (gzip.open(raw, "rt", newline="") if file.name.endswith(".gz")
+                                      else io.TextIOWrapper(raw, newline="")) as f:
+            rows.extend(_parse(f, os.fspath(file)))
     return rows
+
+
+def _glob(pattern: str) -> list:
+    """Files matching ``pattern`` (local or a URL), sorted: the part before the first wildcard
+    is the folder searched."""
+    head, _, _ = _GLOB_CHARS.split(pattern, 1)[0].rpartition("/")
+    root = paths.path(head or ".")
+    rest = pattern[len(head) + 1:] if head else pattern
+    return sorted(p for p in root.glob(rest) if p.is_file())
 
 
 def load_paper_results() -> list[Row]:
@@ -321,9 +329,10 @@ def plot_vs_shots(
     ax.set_title(f"{dataset}: {metric} (mean ± std over runs)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
-    out_png = Path(out_png)
+    out_png = paths.path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120, bbox_inches="tight")
+    with out_png.open("wb") as f:
+        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     return fig
 
 

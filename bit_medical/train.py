@@ -19,7 +19,6 @@ import functools
 import json
 import logging
 import math
-import os
 import signal
 import time
 from typing import Any, Callable, Iterable
@@ -220,7 +219,7 @@ def resolve_normalisation(config: ml_collections.ConfigDict) -> None:
         norm = experiment.base().pp.norm
     elif source in bit.PUBLISHED:
         norm = "bit"  # released BiT models take [-1, 1] inputs
-    elif os.path.isdir(source):
+    elif paths.path(source).is_dir():
         norm = export.load_meta(source).get("preprocessing", {}).get("norm", "")
     else:
         norm = ""
@@ -244,7 +243,7 @@ def pretrained_model_tag(config: ml_collections.ConfigDict, arch: bit.Architectu
     name = f"bit{arch.tag[1:]}"
     if source in bit.PUBLISHED:
         return source.lower().replace("-", "_")
-    if source and os.path.isdir(source):
+    if source and paths.path(source).is_dir():
         return export.load_meta(source).get("pretrained_model") or f"custom_{name}"
     return f"{'custom' if source else 'scratch'}_{name}"
 
@@ -409,10 +408,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     absolute_paths(config)
     resolve_normalisation(config)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
+    paths.path(workdir).mkdir(parents=True, exist_ok=True)
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        (paths.path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
     mesh = parallel.make_mesh(config.fsdp)
@@ -498,7 +496,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     host_params = parallel.to_host(state.params)
     if is_main and config.schedule.kind == "hyperrule":
         _append_results(config, workdir, final, tag, total_steps)
-    export.save(os.path.join(workdir, export.EXPORT_DIRNAME), host_params,
+    export.save(paths.path(workdir) / export.EXPORT_DIRNAME, host_params,
                 export_meta(config, model, info, tag, total_steps))
     return final
 
@@ -539,10 +537,10 @@ class _BestExport:
     """
 
     def __init__(self, workdir: str, split: str, meta_fn: Callable[[int], dict]):
-        self.directory = os.path.join(workdir, export.BEST_EXPORT_DIRNAME)
+        self.directory = paths.path(workdir) / export.BEST_EXPORT_DIRNAME
         self.split, self.meta_fn = split, meta_fn
         self.loss = math.inf
-        if split and os.path.exists(os.path.join(self.directory, export.META_FILENAME)):
+        if split and (self.directory / export.META_FILENAME).exists():
             self.loss = export.load_meta(self.directory)["best_loss"]
 
     def update(self, evals: dict[str, dict], params: Any, step: int) -> None:
@@ -566,8 +564,8 @@ def _append_results(config, workdir: str, final: dict, tag: str, last_step: int)
         if split == "probe":
             continue
         results.append(
-            os.path.join(workdir, "results.csv"), metrics.with_prefix(split_metrics, split),
-            path=os.path.abspath(workdir), seed=config.seed,
+            paths.path(workdir) / "results.csv", metrics.with_prefix(split_metrics, split),
+            path=paths.absolute(workdir), seed=config.seed,
             shot=results.shot_name(config.data.shots or None), pretrained_model=tag,
             dataset=config.results.dataset or config.data.name, last_step=last_step)
 
@@ -596,10 +594,9 @@ def export_meta(config, model: bit.BiT, info, tag: str, step: int) -> dict:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run in ``workdir`` was started with."""
-    path = os.path.join(workdir, "config.json")
+    path = paths.path(workdir) / "config.json"
     try:
-        with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(json.loads(path.read_text()))
     except FileNotFoundError:
         raise FileNotFoundError(f"{workdir} holds no run: {path} is missing") from None
 
@@ -639,10 +636,10 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict[str, dict]:
                            multilabel=data.info.multilabel) for name, batches in splits.items()}
 
 
-def export_workdir(workdir: str) -> str:
+def export_workdir(workdir: str):
     """Writes the params-only export of the latest checkpoint in ``workdir``; returns its path."""
     config, model, state, data = restore_workdir(workdir)
     tag = pretrained_model_tag(config, model.architecture)
-    return export.save(os.path.join(workdir, export.EXPORT_DIRNAME),
+    return export.save(paths.path(workdir) / export.EXPORT_DIRNAME,
                        parallel.to_host(state.params),
                        export_meta(config, model, data.info, tag, int(state.step)))

@@ -5,6 +5,7 @@ The runs use the demo's synthetic chest X-rays and its smallest BiT at 32 px (th
 compiled. The command-line runs fine-tune a small random "pre-trained" model with plain SGD.
 """
 
+import contextlib
 import glob
 import os
 import socket
@@ -115,3 +116,46 @@ def assert_same_params(a, b, **tol):
     import jax
 
     jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
+
+
+@contextlib.contextmanager
+def fake_gcs(root):
+    """``gs://BUCKET/...`` paths taken by ``etils.epath`` land in ``root/BUCKET/...``.
+
+    The project's file access (``bit_medical.paths.path``) goes through epath; this swaps
+    epath's cloud backends for the local one with URLs mapped onto ``root``, so tests run the
+    very code a TPU VM runs on a bucket. Orbax's TensorStore has its own GCS driver and is not
+    covered: checkpoints are tested on local paths.
+    """
+    from unittest import mock
+
+    from etils.epath import gpath, testing
+
+    root = os.fspath(root)
+
+    def local(p):
+        p = os.fspath(p)
+        return os.path.join(root, p[len("gs://"):]) if p.startswith("gs://") else p
+
+    def url(p):
+        p = os.fspath(p)
+        return "gs://" + os.path.relpath(p, root) if p.startswith(root + os.sep) else p
+
+    def one(fn, p, *args, **kwargs):
+        return fn(local(p), *args, **kwargs)
+
+    def two(fn, p, dst, *args, **kwargs):
+        return fn(local(p), local(dst), *args, **kwargs)
+
+    def glob_(fn, p):
+        return [url(m) for m in fn(local(p))]
+
+    def walk(fn, top, **kwargs):
+        for here, dirs, files in fn(local(top), **kwargs):
+            yield url(here), dirs, files
+
+    # epath picks TensorFlow's GCS client whenever TensorFlow is importable, past the mock.
+    with mock.patch.object(gpath, "_is_tf_installed", lambda: False), testing.mock_epath(
+            open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one, remove=one,
+            rmtree=one, stat=one, rename=two, replace=two, copy=two, glob=glob_, walk=walk):
+        yield

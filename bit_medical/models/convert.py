@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
+from bit_medical import paths
+
 NPZ_PREFIX = "resnet/"
 
 
@@ -50,7 +52,7 @@ def params_from_npz(source: str | os.PathLike | Mapping[str, np.ndarray]) -> dic
     else:
         where = os.fspath(source)
         try:
-            with np.load(where, allow_pickle=False) as npz:
+            with paths.path(where).open("rb") as f, np.load(f, allow_pickle=False) as npz:
                 arrays = {key: npz[key] for key in npz.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
             raise CheckpointError(f"Cannot read {where} as a BiT .npz file: {e}") from e
@@ -70,7 +72,7 @@ def npz_arrays(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def save_npz(params: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Writes ``params`` in the official BiT ``.npz`` layout, readable by timm and BiT's code."""
     # Write through a file object: np.savez would append ".npz" to a path lacking it.
-    with open(path, "wb") as f:
+    with paths.path(path).open("wb") as f:
         np.savez(f, **npz_arrays(params))
 
 
@@ -171,7 +173,8 @@ def load_torch_file(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"Reading {path} needs PyTorch: pip install 'bit_medical[torch]'") from e
     try:
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        with paths.path(path).open("rb") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file
         raise CheckpointError(f"Cannot read {path} as a PyTorch checkpoint: {e}") from e
     if not isinstance(state, Mapping):

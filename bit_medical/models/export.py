@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from etils import epath
 
 from bit_medical import paths
 
@@ -37,41 +38,40 @@ META_FILENAME = "model.json"
 PARAMS_DIRNAME = "params"
 
 
-def export_dir(directory: str | os.PathLike) -> str:
+def export_dir(directory: str | os.PathLike) -> epath.Path:
     """The export a path names: itself if it is one, else a workdir's ``export_best`` (the
     best by validation loss, as the reference's fine-tuning loads) or else its ``export``.
 
-    The result is absolute (``paths.absolute``), as Orbax needs.
+    The result is absolute (``paths.path``), as Orbax needs; it may be a ``gs://`` URL.
     """
-    directory = paths.absolute(directory)
-    for candidate in (directory, os.path.join(directory, BEST_EXPORT_DIRNAME)):
-        if os.path.exists(os.path.join(candidate, META_FILENAME)):
+    directory = paths.path(directory)
+    for candidate in (directory, directory / BEST_EXPORT_DIRNAME):
+        if (candidate / META_FILENAME).exists():
             return candidate
-    return os.path.join(directory, EXPORT_DIRNAME)
+    return directory / EXPORT_DIRNAME
 
 
-def save(directory: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+def save(directory: str | os.PathLike, params: Mapping[str, Any],
+         meta: Mapping[str, Any]) -> epath.Path:
     """Writes ``params`` and ``meta`` (JSON-serialisable) to ``directory``; returns its path."""
     import orbax.checkpoint as ocp  # deferred: orbax is slow to import and only needed here
 
-    directory = paths.absolute(directory)
-    os.makedirs(directory, exist_ok=True)
+    directory = paths.path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     host_params = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(directory, PARAMS_DIRNAME), host_params, force=True)
+    checkpointer.save(directory / PARAMS_DIRNAME, host_params, force=True)
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:  # every process joins the Orbax save; one writes the JSON
-        with open(os.path.join(directory, META_FILENAME), "w") as f:
-            json.dump({"format": FORMAT, **meta}, f, indent=2)
+        (directory / META_FILENAME).write_text(json.dumps({"format": FORMAT, **meta}, indent=2))
     return directory
 
 
 def load_meta(directory: str | os.PathLike) -> dict:
     """The ``model.json`` of an export (or of a workdir holding ``export/``)."""
-    meta_path = os.path.join(export_dir(directory), META_FILENAME)
+    meta_path = export_dir(directory) / META_FILENAME
     try:
-        with open(meta_path) as f:
-            meta = json.load(f)
+        meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(
             f"No export at {directory}: {META_FILENAME} is missing (run `bit-medical export`)"
@@ -90,6 +90,5 @@ def load(directory: str | os.PathLike) -> tuple[dict, dict]:
     import orbax.checkpoint as ocp
 
     meta = load_meta(directory)
-    params = ocp.StandardCheckpointer().restore(
-        os.path.join(export_dir(directory), PARAMS_DIRNAME))
+    params = ocp.StandardCheckpointer().restore(export_dir(directory) / PARAMS_DIRNAME)
     return params, meta

@@ -75,9 +75,9 @@ def load_params(source: str | os.PathLike) -> tuple[dict, dict]:
     given, source = os.fspath(source), resolve_source(source)
     if source in bit.PUBLISHED:
         return convert.params_from_npz(fetch(source)), {"model": source}
-    if os.path.isdir(source):
+    if paths.path(source).is_dir():
         return export.load(source)
-    if not os.path.exists(source):
+    if not paths.path(source).exists():
         raise FileNotFoundError(
             f"{given!r} is neither a released BiT name ({', '.join(bit.PUBLISHED)}) nor an "
             f"existing file or directory")
@@ -95,7 +95,7 @@ def architecture_of(source: str | os.PathLike) -> bit.Architecture:
     source = resolve_source(source)
     if source in bit.PUBLISHED:
         return bit.PUBLISHED[source]
-    if os.path.isdir(source):
+    if paths.path(source).is_dir():
         meta = export.load_meta(source)
         return bit.Architecture(tuple(meta["block_units"]), meta["width"])
     params, _ = load_params(source)
