@@ -636,7 +636,7 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict[str, dict]:
                            multilabel=data.info.multilabel) for name, batches in splits.items()}
 
 
-def export_workdir(workdir: str):
+def export_workdir(workdir: str) -> str:
     """Writes the params-only export of the latest checkpoint in ``workdir``; returns its path."""
     config, model, state, data = restore_workdir(workdir)
     tag = pretrained_model_tag(config, model.architecture)

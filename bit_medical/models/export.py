@@ -51,8 +51,7 @@ def export_dir(directory: str | os.PathLike) -> epath.Path:
     return directory / EXPORT_DIRNAME
 
 
-def save(directory: str | os.PathLike, params: Mapping[str, Any],
-         meta: Mapping[str, Any]) -> epath.Path:
+def save(directory: str | os.PathLike, params: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     """Writes ``params`` and ``meta`` (JSON-serialisable) to ``directory``; returns its path."""
     import orbax.checkpoint as ocp  # deferred: orbax is slow to import and only needed here
 
@@ -64,7 +63,7 @@ def save(directory: str | os.PathLike, params: Mapping[str, Any],
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:  # every process joins the Orbax save; one writes the JSON
         (directory / META_FILENAME).write_text(json.dumps({"format": FORMAT, **meta}, indent=2))
-    return directory
+    return os.fspath(directory)
 
 
 def load_meta(directory: str | os.PathLike) -> dict:
