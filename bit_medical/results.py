@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+from etils import epath
 
 COLUMNS = (
     "metric_value", "metric", "path", "seed", "shot", "pretrained_model", "dataset", "last_step",
@@ -143,12 +144,24 @@ def load(paths_or_glob: PathLike | Iterable[PathLike]) -> list[Row]:
             files.append(item)
         else:
             raise FileNotFoundError(f"results file not found: {item!r}")
-    rows: list[Row] = []
-    for name in files:
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(name, "rt", newline="") as f:
-            rows.extend(_parse(f, name))
-    return rows
+    return [row for name in files for row in read(name)]
+
+
+def read(csv_path: PathLike) -> list[Row]:
+    """Reads one results CSV (plain or ``.gz``), local or on cloud storage (``gs://...``).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a wrong header or a bad value, naming the file, line and column.
+    """
+    csv_path = epath.Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"results file not found: {os.fspath(csv_path)!r}")
+    with csv_path.open("rb") as raw:
+        data = raw.read()
+    if csv_path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    return _parse(io.StringIO(data.decode("utf-8"), newline=""), os.fspath(csv_path))
 
 
 def load_paper_results() -> list[Row]:
@@ -321,10 +334,17 @@ def plot_vs_shots(
     ax.set_title(f"{dataset}: {metric} (mean ± std over runs)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120, bbox_inches="tight")
+    save_png(fig, out_png)
     return fig
+
+
+def save_png(fig, out_png: PathLike) -> None:
+    """Writes a matplotlib figure as a PNG, to a local or cloud path (parents created)."""
+    out_png = epath.Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()  # one write: cloud files are written whole
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    out_png.write_bytes(buffer.getvalue())
 
 
 def _shot_label(shot: str) -> str:
