@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
@@ -188,3 +189,29 @@ def test_user_errors_of_the_command(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"bit-medical report: no finished run under {tmp_path} (no results.csv); "
         "1 unfinished, 0 missing")
+
+
+def test_report_reads_and_writes_cloud_urls(tmp_path):
+    """A gs:// runs root and output, served from a local folder through epath's test backend:
+    every read and write of the report goes through etils.epath, none through plain open."""
+    from etils.epath import gpath, testing
+
+    bucket = tmp_path / "bucket"
+    _write_run(bucket / "runs", "cifar10", "imagenet21k_bit152x4", "1_shot", 0,
+               [{"test/acc": 0.6}])
+
+    def local(original, path, *args, **kwargs):
+        path = os.fspath(path)
+        if path.startswith("gs://bucket"):
+            path = str(bucket) + path[len("gs://bucket"):]
+        return original(path, *args, **kwargs)
+
+    names = ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "glob", "stat")
+    # With TensorFlow installed, epath sends gs:// to tf.io.gfile, which mock_epath leaves alone.
+    with testing.mock_epath(**{name: local for name in names}), \
+            mock.patch.object(gpath, "_is_tf_installed", return_value=False):
+        path = report.report_runs("gs://bucket/runs", "gs://bucket/out")
+    assert os.fspath(path) == "gs://bucket/out/report.md"
+    text = (bucket / "out" / "report.md").read_text()
+    assert "# Transfer results of gs://bucket/runs" in text and "0.600 (1)" in text
+    _assert_png(bucket / "out" / "figures" / "cifar10_sources.png")
