@@ -6,7 +6,7 @@
 A transfer run's workdir holds ``results.csv`` once it has finished (``train._append_results``);
 one with ``config.json`` or ``checkpoints/`` and no ``results.csv`` is unfinished. Pre-training
 runs (any schedule but BiT-HyperRule) never write results and are listed apart. Runs a grid
-expects (``expected=``) without a workdir are missing.
+expects (``expected=``) that never started are missing.
 
 The report (``OUT/report.md``) has, per target and metric, mean ± std over seeds with the
 number of seeds for each pre-trained model and shot count, the paper's value for the same cell
@@ -95,7 +95,8 @@ def scan(root: results.PathLike, expected: Iterable[results.PathLike] = ()) -> R
     """Finds the runs under ``root`` (a folder, local or ``gs://``) and reads their results.
 
     Args:
-      expected: run workdirs a grid will write; those without a workdir are ``missing``.
+      expected: run workdirs a grid will write; those never started (no results.csv,
+        config.json or checkpoints) are ``missing``.
 
     Raises:
       UserError: ``root`` is not a folder.
@@ -120,8 +121,15 @@ def scan(root: results.PathLike, expected: Iterable[results.PathLike] = ()) -> R
             pretraining.append(os.fspath(folder))
         else:
             unfinished.append(os.fspath(folder))
-    missing = [os.fspath(path) for path in (epath.Path(paths.absolute(os.fspath(p)))
-                                            for p in expected) if not path.exists()]
+    missing = []
+    for workdir in (epath.Path(paths.absolute(os.fspath(p))) for p in expected):
+        name = os.fspath(workdir)
+        if (workdir / RESULTS_FILE).exists() or name in unfinished:
+            continue
+        if (workdir / "config.json").exists() or (workdir / "checkpoints").exists():
+            unfinished.append(name)  # started, outside the root
+        else:
+            missing.append(name)
     return Runs(rows, sorted(finished), sorted(unfinished), sorted(missing), sorted(pretraining))
 
 

@@ -122,8 +122,10 @@ def test_report_of_a_runs_root_matches_hand_computed_cells(tmp_path):
     (pretrain / "export").mkdir(parents=True)
     (pretrain / "config.json").write_text(json.dumps({"schedule": {"kind": "step"}}))
     missing = root / "cifar10" / big / "10_shot" / "seed_0"
+    (missing / "logs").mkdir(parents=True)  # a folder without a run in it is still missing
 
-    runs = report.scan(root, expected=[missing, unfinished])
+    runs = report.scan(root, expected=[missing, unfinished, root / "cifar10" / big / "1_shot" /
+                                       "seed_0"])
     assert runs.unfinished == [str(unfinished)] and runs.missing == [str(missing)]
     assert runs.pretraining == [str(pretrain)] and len(runs.finished) == 6
 
