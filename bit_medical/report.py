@@ -384,7 +384,7 @@ def _colour(pretrained_model: str):
 
 def _plot_bars(main_cells: list[Cell], out_png: epath.Path, compare: bool) -> None:
     """The paper's bar plot: at each shot count one bar per pre-trained model (± std); the
-    paper's mean for the same cell as a black mark."""
+    paper's mean for the same cell as a white diamond."""
     from matplotlib.figure import Figure
 
     shots, models = _shots(main_cells), _models(main_cells)
@@ -398,12 +398,12 @@ def _plot_bars(main_cells: list[Cell], out_png: epath.Path, compare: bool) -> No
         x = np.array([j for j, _ in found]) - 0.4 + width * (i + 0.5)
         means = np.array([c["mean"] for _, c in found])
         stds = np.nan_to_num(np.array([c["std"] for _, c in found]))
-        ax.bar(x, means, width, yerr=stds, capsize=2, color=_colour(model),
+        ax.bar(x, means, width, yerr=stds, capsize=2, color=_colour(model), ecolor="dimgray",
                edgecolor="white", label=model_caption(model))
         paper = [(xi, c["paper_mean"]) for xi, (_, c) in zip(x, found) if c["paper_n"]]
         if compare and paper:
-            ax.scatter(*zip(*paper), marker="_", s=120, color="black", zorder=3,
-                       label=None if marked else "paper")
+            ax.scatter(*zip(*paper), marker="D", s=28, facecolor="white", edgecolor="black",
+                       zorder=3, label=None if marked else "paper (mean)")
             marked = True
     ax.set_xticks(range(len(shots)), [f"{_shot_label(s)} shot" for s in shots])
     ax.set_xlabel("shots during transfer")
