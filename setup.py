@@ -21,6 +21,7 @@ setuptools.setup(
         "flax>=0.10,<0.13",
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
+        "etils[epath]>=1.5",  # paths that may be gs:// URLs (results, report)
         # The CPU build keeps the base install small; tf.data only feeds the host.
         "tensorflow-cpu>=2.16,<2.22; platform_system == 'Linux'",
         "tensorflow>=2.16,<2.22; platform_system != 'Linux'",

@@ -5,6 +5,7 @@
     bit-medical export  --workdir=DIR
     bit-medical demo    --workdir=DIR
     bit-medical prepare NAME --manual_dir=ROOT --data_dir=DATA [--builder_config=512]
+    bit-medical report  RUNS_ROOT [--out=DIR]  |  bit-medical report --paper [--out=DIR]
 
 ``bit-medical --help`` lists the commands, ``bit-medical COMMAND --help`` the flags of one.
 ``train`` resumes from DIR's latest checkpoint when there is one; ``--config.FIELD=value``
@@ -54,6 +55,8 @@ COMMANDS = {  # name: (what it does, an example)
     "prepare": ("build a chest X-ray dataset (TFDS) from its manual download",
                 ("bit-medical prepare chexpert_v1 --manual_dir=/data/CheXpert-v1.0 "
                  "--data_dir=/data/tfds")),
+    "report": ("the paper's tables and figures from a runs root, beside the published results",
+               "bit-medical report runs --out=runs/report"),
 }
 
 
@@ -119,6 +122,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                          help="image decoding processes (default: one per CPU)")
     prepare.add_argument("--skip_corrupt", action="store_true",
                          help="leave out (and count) unreadable images instead of failing")
+    report = commands["report"]
+    report.add_argument("root", metavar="RUNS_ROOT", nargs="?",
+                        help="folder (or gs:// URL) holding the runs' workdirs")
+    report.add_argument("--paper", action="store_true",
+                        help="report the paper's published results alone (no RUNS_ROOT)")
+    report.add_argument("--out", help="where report.md and its figures go (default: "
+                                      "RUNS_ROOT/report; with --paper: ./paper_report)")
     return parser, commands
 
 
@@ -186,7 +196,18 @@ def _prepare(args, overrides) -> None:
           + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items()))
 
 
-RUN = {"train": _train, "eval": _eval, "export": _export, "demo": _demo, "prepare": _prepare}
+def _report(args, overrides) -> None:
+    from bit_medical import report
+
+    if args.paper == bool(args.root):
+        raise UserError("give a RUNS_ROOT or --paper (the published results), one of them")
+    path = (report.report_paper(args.out or "paper_report") if args.paper
+            else report.report_runs(args.root, args.out))
+    print(f"Report written to {path}")
+
+
+RUN = {"train": _train, "eval": _eval, "export": _export, "demo": _demo, "prepare": _prepare,
+       "report": _report}
 
 
 def _print(result) -> None:
@@ -242,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = getattr(args, "verbose", False) or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
     _set_up_logging()
-    if args.command != "prepare":
+    if args.command not in ("prepare", "report"):  # JAX is not needed there
         from bit_medical import parallel
 
         parallel.tune_xla_cpu()

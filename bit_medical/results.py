@@ -142,12 +142,24 @@ def load(paths_or_glob: PathLike | Iterable[PathLike]) -> list[Row]:
             files.append(paths.path(item))
         else:
             raise FileNotFoundError(f"results file not found: {item!r}")
-    rows: list[Row] = []
-    for file in files:
-        with file.open("rb") as raw, (gzip.open(raw, "rt", newline="") if file.name.endswith(".gz")
-                                      else io.TextIOWrapper(raw, newline="")) as f:
-            rows.extend(_parse(f, os.fspath(file)))
-    return rows
+    return [row for name in files for row in read(name)]
+
+
+def read(csv_path: PathLike) -> list[Row]:
+    """Reads one results CSV (plain or ``.gz``), local or on cloud storage (``gs://...``).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a wrong header or a bad value, naming the file, line and column.
+    """
+    csv_path = paths.path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"results file not found: {os.fspath(csv_path)!r}")
+    with csv_path.open("rb") as raw:
+        data = raw.read()
+    if csv_path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    return _parse(io.StringIO(data.decode("utf-8"), newline=""), os.fspath(csv_path))
 
 
 def _glob(pattern: str) -> list:
@@ -329,11 +341,17 @@ def plot_vs_shots(
     ax.set_title(f"{dataset}: {metric} (mean ± std over runs)")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
+    save_png(fig, out_png)
+    return fig
+
+
+def save_png(fig, out_png: PathLike) -> None:
+    """Writes a matplotlib figure as a PNG, to a local or cloud path (parents created)."""
     out_png = paths.path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    with out_png.open("wb") as f:
-        fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
-    return fig
+    buffer = io.BytesIO()  # one write: cloud files are written whole
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    out_png.write_bytes(buffer.getvalue())
 
 
 def _shot_label(shot: str) -> str:
