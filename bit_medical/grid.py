@@ -120,7 +120,7 @@ def runs(grid: ml_collections.ConfigDict) -> list[Run]:
     transfer = config_module(TRANSFER_CONFIG)
     root = paths.absolute(grid.root)
     smoke = "true" if grid.smoke else ""
-    overrides = tuple((k, str(v)) for k, v in grid.overrides.items())
+    overrides = tuple(_field_value(item) for item in grid.overrides)
     cells = None
     if grid.grid == "paper":
         cells = {(r["dataset"], r["pretrained_model"], r["shot"])
@@ -156,6 +156,13 @@ def runs(grid: ml_collections.ConfigDict) -> list[Run]:
             if grid.grid == "full" and not released and (source, model) not in pretrain_runs:
                 pretrain_runs[source, model] = _pretrain_run(grid, root, source, model, overrides)
     return [*pretrain_runs.values(), *transfer_runs]
+
+
+def _field_value(item: str) -> tuple[str, str]:
+    field, sep, value = item.partition("=")
+    if not sep:
+        raise UserError(f"override {item!r} is not FIELD=VALUE (e.g. dtype=bfloat16)")
+    return field.strip(), value.strip()
 
 
 def _pretrain_run(grid, root: str, source: str, model: str, overrides) -> Run:

@@ -26,7 +26,8 @@ Arguments (after the colon, comma-separated; lists are '+'-joined):
   train_dir   the ImageNet-21k image folder (imagenet=pretrain only)
   smoke       true: every run is its config's smoke=true (seconds; to check a set-up)
 
-``--config.overrides="{'dtype': 'bfloat16'}"`` adds ``--config.FIELD=VALUE`` to every run.
+``--config.overrides=dtype=bfloat16,remat=true`` adds ``--config.dtype=bfloat16
+--config.remat=true`` to every run.
 The runs themselves are built by ``bit_medical.grid.runs``.
 """
 
@@ -75,6 +76,6 @@ def get_config(arg=None):
     c.data_dir = args.data_dir
     c.train_dir = args.train_dir
     c.smoke = args.smoke
-    c.overrides = {}
+    c.overrides = ()  # "FIELD=VALUE" for every run
     c.lock()
     return c
