@@ -257,8 +257,10 @@ def test_local_launcher_skips_finished_and_resumes_unfinished(tmp_path, data_dir
     import logging
 
     runs = load(f"root={tmp_path},grid=full,sources=chexpert,models=BiT-R14x0.5,"
-                f"targets=tuberculosis,shots=1,seeds=0+1,smoke=true,data_dir={data_dir}",
-                overrides="data.builder_config=full,checkpoint_every=2")
+                f"targets=tuberculosis,shots=1,seeds=0+1,data_dir={data_dir}",
+                # Tiny (the fixture's images and splits are small), a checkpoint every 2 steps.
+                overrides="data.builder_config=full,total_steps=4,checkpoint_every=2,eval_every=0,"
+                          "batch_size=8,eval_batch_size=8,pp.resize=32,pp.crop=32,log_every=2")
     pre, first, second = runs
     assert (pre.name, first.name) == ("pretrain/chexpert_bit14x0.5",
                                       "tuberculosis_full/chexpert_bit14x0.5/1_shot/seed_0")
