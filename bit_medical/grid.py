@@ -1,7 +1,7 @@
 """Many runs at once: the paper's grid (``configs/grid.py``) and three ways to launch it.
 
 A grid is a list of :class:`Run`: each is one ``bit-medical train`` (a config spec, a workdir,
-overrides) and may start from another run's export (``after``). :func:`runs` builds the
+overrides) and may start from another run's export (``after``, that run). :func:`runs` builds the
 paper's grid from a ``configs/grid.py`` config; any other list of runs (the demo's) works with
 the same launchers:
 
@@ -37,6 +37,7 @@ REPO = epath.Path(__file__).parent.parent
 PRETRAIN_CONFIG = "configs/pretrain.py"
 TRANSFER_CONFIG = "configs/transfer.py"
 PRETRAIN, TRANSFER = "pretrain", "transfer"
+STAGES = (PRETRAIN, TRANSFER)
 # The released BiT families standing for a source with imagenet=released.
 RELEASED = {"imagenet1k": "BiT-S", "imagenet21k": "BiT-M"}
 FINISHED, UNFINISHED, NEW = "finished", "unfinished", "new"
@@ -50,14 +51,14 @@ _EXISTS = ("python -c 'import sys; from etils import epath; "
 class Run:
     """One ``bit-medical train``: ``config`` is ``FILE.py:ARGS`` (FILE relative to the
     repository root, or absolute), ``overrides`` its ``--config.FIELD=VALUE`` pairs, ``after``
-    the name of the run whose export this one starts from ("" for none)."""
+    the run whose export this one starts from (it must finish first)."""
 
     name: str
     stage: str  # PRETRAIN | TRANSFER: which file marks the run finished
     workdir: str
     config: str
     overrides: tuple[tuple[str, str], ...] = ()
-    after: str = ""
+    after: Run | None = None
 
     @property
     def marker(self) -> epath.Path:
@@ -115,7 +116,8 @@ def runs(grid: ml_collections.ConfigDict) -> list[Run]:
     """The runs of a ``configs/grid.py`` config: pre-training runs first, then transfers.
 
     A pre-training run is in the list only if a selected transfer starts from it (with
-    ``grid=full``: every selected source x model).
+    ``grid=full``: every selected source x model); ``grid.stages`` keeps the runs of those
+    stages.
     """
     transfer = config_module(TRANSFER_CONFIG)
     root = paths.absolute(grid.root)
@@ -140,12 +142,12 @@ def runs(grid: ml_collections.ConfigDict) -> list[Run]:
                     if cells is not None and (dataset, paper_name, shot) not in cells:
                         continue
                     if released:
-                        pretrained, after = released_name(source, model), ""
+                        pretrained, after = released_name(source, model), None
                     else:
                         pre = pretrain_runs.get((source, model)) or _pretrain_run(
                             grid, root, source, model, overrides)
                         pretrain_runs[source, model] = pre
-                        pretrained, after = pre.workdir, pre.name
+                        pretrained, after = pre.workdir, pre
                     for seed in grid.seeds:
                         name = f"{dataset}/{tag}/{shot}/seed_{seed}"
                         transfer_runs.append(Run(
@@ -155,7 +157,7 @@ def runs(grid: ml_collections.ConfigDict) -> list[Run]:
                             overrides, after))
             if grid.grid == "full" and not released and (source, model) not in pretrain_runs:
                 pretrain_runs[source, model] = _pretrain_run(grid, root, source, model, overrides)
-    return [*pretrain_runs.values(), *transfer_runs]
+    return [run for run in [*pretrain_runs.values(), *transfer_runs] if run.stage in grid.stages]
 
 
 def _field_value(item: str) -> tuple[str, str]:
@@ -218,23 +220,22 @@ def run_local(grid_runs: Sequence[Run], *, dry_run: bool = False,
     (``train.train_and_evaluate``: the final metrics). In-process rather than one process per
     run: JAX, TensorFlow and the compiled train steps are set up once for the thousands of
     transfer runs, which share their shapes. A run whose ``after`` is not finished is not
-    started (outcome ``"waiting for NAME"``). A preempted run (SIGTERM) stops the loop: the
-    same call later resumes it. ``dry_run`` prints what would start and starts nothing.
+    started (outcome ``"waiting for NAME"``): its export would be a partial one. A preempted
+    run (SIGTERM) stops the loop: the same call later resumes it. ``dry_run`` prints what
+    would start and starts nothing.
     """
     if train_fn is None and not dry_run:
         from bit_medical import train
 
         train_fn = train.train_and_evaluate
-    by_name = {r.name: r for r in grid_runs}
     outcomes: dict[str, Any] = {}
     for i, run in enumerate(grid_runs):
         state = status(run)
         if state == FINISHED:
             outcomes[run.name] = FINISHED
             continue
-        after = by_name.get(run.after)
-        if after is not None and status(after) != FINISHED and not dry_run:
-            outcomes[run.name] = f"waiting for {after.name}"
+        if run.after and status(run.after) != FINISHED and not dry_run:
+            outcomes[run.name] = f"waiting for {run.after.name}"
             continue
         config = run_config(run)  # also in a dry run: a config error shows before any start
         verb = "resume" if state == UNFINISHED else "start"
@@ -261,7 +262,7 @@ def _groups(grid_runs: Sequence[Run]) -> list[tuple[str, str, list[Run]]]:
     weights), in arrays of at most ``MAX_ARRAY`` runs."""
     by_after: dict[tuple[str, str], list[Run]] = {}
     for run in grid_runs:
-        key = ("", "") if run.stage == PRETRAIN else (TRANSFER, run.after)
+        key = ("", "") if run.stage == PRETRAIN else (TRANSFER, run.after.name if run.after else "")
         by_after.setdefault(key, []).append(run)
     groups = []
     for (stage, after), group in sorted(by_after.items(), key=lambda kv: kv[0] != ("", "")):
@@ -312,15 +313,20 @@ def _sbatch(name: str, group: list[Run], slurm: Slurm, nodes: int, time: str, re
         'case "$SLURM_ARRAY_TASK_ID" in']
     for i, run in enumerate(group):
         command = " ".join(shlex.quote(a) for a in ["bit-medical", *run.train_args()])
+        after = shlex.quote(str(run.after.marker)) if run.after else "''"
         lines.append(f"  {i}) RUN={shlex.quote(run.name)}; MARKER={shlex.quote(str(run.marker))}; "
-                     f"CMD=({command}) ;;")
+                     f"AFTER={after}; CMD=({command}) ;;")
     lines += ['  *) echo "no run $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac",
-              'if finished "$MARKER"; then echo "$RUN: finished already"; exit 0; fi']
+              'if finished "$MARKER"; then echo "$RUN: finished already"; exit 0; fi',
+              # Without the dependency (e.g. stages=transfer), never from a partial pre-training.
+              'if [ -n "$AFTER" ] && ! finished "$AFTER"; then',
+              '  echo "$RUN: $AFTER is missing: its pre-training has not finished" >&2; exit 1', "fi"]
     if slurm.per == "gpu":
         lines.append('srun "${CMD[@]}" --distributed')
     else:
         lines += [
-            'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+            # sed reads all the names: `head` could end scontrol with SIGPIPE (pipefail).
+            'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)',
             "PORT=$((SLURM_JOB_ID % 4096 + 61440))",
             # Without SLURM_LOCALID JAX does not bind each process to one GPU.
             'srun bash -c \'exec env -u SLURM_LOCALID "$@" --process_id=$SLURM_PROCID\' _ '
@@ -343,7 +349,7 @@ def write_slurm(grid_runs: Sequence[Run], out: str, slurm: Slurm = Slurm(),
     out_dir = epath.Path(paths.absolute(out))
     (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     repo = repo or str(REPO)
-    task_of = {}  # pre-training run name -> its array index
+    task_of = {}  # pre-training run name -> (its job's variable, its array index)
     submit = ["#!/bin/bash", "# Submits the grid's job arrays; transfers wait for their "
               "pre-training task.", "set -euo pipefail", f"cd {shlex.quote(str(out_dir))}"]
     written = []
@@ -394,9 +400,11 @@ def write_tpu(grid_runs: Sequence[Run], out: str, *, tpu: str, zone: str, projec
     for run in grid_runs:
         marker = shlex.quote(str(run.marker))
         train = " ".join(shlex.quote(a) for a in ["bit-medical", *run.train_args(), "--distributed"])
+        if run.after:  # never from a partial pre-training
+            train = f"{_EXISTS} {shlex.quote(str(run.after.marker))} && {train}"
         # Every worker checks the marker (the same file) so all of them skip or all train;
         # the final check fails the ssh, and the script, when the run did not finish.
-        command = f"{prefix} && ({_EXISTS} {marker} || {train}) && {_EXISTS} {marker}"
+        command = f"{prefix} && ({_EXISTS} {marker} || ({train})) && {_EXISTS} {marker}"
         lines += [f"echo {shlex.quote('== ' + run.name)}", f"on_all_workers {shlex.quote(command)}"]
     script = out_dir / "run_tpu.sh"
     script.write_text("\n".join(lines) + "\n")

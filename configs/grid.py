@@ -19,6 +19,8 @@ Arguments (after the colon, comma-separated; lists are '+'-joined):
               tuberculosis, padchest); any target of configs/transfer.py with grid=full
   shots       filter (default: 1+5+10+100+500+full)
   seeds       (default: 0+1+2+3+4, the paper's)
+  stages      pretrain+transfer (default) | pretrain | transfer: which runs of the selection
+              (e.g. pre-train on a large pod, transfer on a small one)
   imagenet    released (default): imagenet1k and imagenet21k are Google's released BiT-S and
               BiT-M weights (not pre-trained here; their runs are tagged bit_s_r50x1, ...) |
               pretrain: pre-train them too, with configs/pretrain.py's recipes
@@ -52,7 +54,7 @@ def _pick(name: str, text: str, default, valid) -> tuple:
 
 def get_config(arg=None):
     args = experiment.parse(arg, root="runs", grid="paper", sources="", models="", targets="",
-                            shots="", seeds="", imagenet="released", data_dir="", train_dir="",
+                            shots="", seeds="", stages="", imagenet="released", data_dir="", train_dir="",
                             smoke=False)
     experiment.choice("grid", args.grid, GRIDS)
     experiment.choice("imagenet", args.imagenet, IMAGENET)
@@ -73,6 +75,7 @@ def get_config(arg=None):
     except ValueError:
         raise experiment.UserError(f"seeds={args.seeds!r}: expected integers joined by '+', "
                                    f"e.g. 0+1+2") from None
+    c.stages = _pick("stage", args.stages, grid_lib.STAGES, grid_lib.STAGES)
     c.data_dir = args.data_dir
     c.train_dir = args.train_dir
     c.smoke = args.smoke

@@ -58,7 +58,7 @@ def test_paper_grid_is_the_published_runs_and_every_config_builds():
         assert results.shot_name(config.data.shots or None) == shot
         assert f"seed_{config.seed}" == seed
         assert config.pretrained == pretrains[f"pretrain/{model}"].workdir
-        assert run.after == f"pretrain/{model}"
+        assert run.after == pretrains[f"pretrain/{model}"]
 
 
 def test_released_imagenet_weights_are_not_pre_trained():
@@ -83,6 +83,10 @@ def test_filters_full_grid_and_overrides():
     config = grid.run_config(runs[1])
     assert (config.dtype, config.remat, config.data.shots) == ("bfloat16", True, 1)
     assert load("root=/r,sources=nih,models=BiT-S-R50x1") == []  # nih R50x1: not published
+    only = load("root=/r,grid=full,sources=nih,models=BiT-S-R50x1,targets=cifar10+padchest,"
+                "shots=1+full,seeds=3,stages=transfer")
+    assert [r.name for r in only] == [r.name for r in runs[1:]]
+    assert [r.after.name for r in only] == ["pretrain/nih_bit50x1"] * 4
 
 
 @pytest.mark.parametrize("args, message", [
@@ -98,13 +102,13 @@ def test_grid_arguments_name_the_valid_choices(args, message):
 
 # ----------------------------------------------------------------------------- scripts
 
-_CASE = re.compile(r"^  (\d+)\) RUN=(.*?); MARKER=(.*?); CMD=\((.*)\) ;;$", re.M)
+_CASE = re.compile(r"^  (\d+)\) RUN=(.*?); MARKER=(.*?); AFTER=(.*?); CMD=\((.*)\) ;;$", re.M)
 
 
 def parse_sbatch(text: str) -> tuple[dict[str, str], dict[int, list[str]]]:
     """(#SBATCH options, {array index: command argv})."""
     options = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(.*))?$", text, re.M))
-    return options, {int(i): shlex.split(cmd) for i, _, _, cmd in _CASE.findall(text)}
+    return options, {int(i): shlex.split(cmd) for i, _, _, _, cmd in _CASE.findall(text)}
 
 
 def fake_bin(tmp_path, **scripts) -> dict:
@@ -215,6 +219,14 @@ def test_slurm_task_runs_once_and_requeues_until_finished(tmp_path, per):
     task()  # a finished run is not started again
     assert len(read_log(log)) == 2
 
+    # A transfer task never starts from a pre-training that did not finish (its export
+    # would be partial), even without the dependency (stages=transfer).
+    transfer = next(f for f in files if f.name == "transfer_chexpert_bit50x1.sbatch")
+    runs[0].marker.unlink()
+    waiting = subprocess.run(["bash", str(transfer)], env=env, capture_output=True, text=True)
+    assert waiting.returncode == 1 and "has not finished" in waiting.stderr
+    assert len(read_log(log)) == 2
+
 
 FAKE_GCLOUD = """import os, subprocess, sys
 args = sys.argv[1:]
@@ -245,6 +257,13 @@ def test_tpu_script_runs_each_run_on_all_workers_and_skips_finished(tmp_path):
     for run in runs:
         run.marker.unlink()
     stopped = subprocess.run(["bash", str(script)], env=env, capture_output=True)
+    assert stopped.returncode != 0 and len(read_log(log)) == 3
+    # Transfers alone (another pod): not from an unfinished pre-training.
+    transfers = [r for r in runs if r.stage == grid.TRANSFER]
+    script = grid.write_tpu(transfers, str(tmp_path / "jobs"), tpu="pod", zone="z", setup="",
+                            repo=str(tmp_path))
+    stopped = subprocess.run(["bash", str(script)], env={**env, "FAKE_FINISH": "1"},
+                             capture_output=True)
     assert stopped.returncode != 0 and len(read_log(log)) == 3
 
 
