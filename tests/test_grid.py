@@ -328,3 +328,21 @@ def test_dry_run_starts_nothing_and_waits_for_nothing(tmp_path):
     calls = []
     outcomes = grid.run_local(runs, train_fn=lambda config, workdir: calls.append(workdir) or {})
     assert calls == [runs[0].workdir] and outcomes[runs[1].name] == f"waiting for {runs[0].name}"
+
+
+def test_cli_writes_the_scripts_and_names_user_errors(tmp_path):
+    import run_helpers
+
+    grid_spec = f"--config={GRID}:root={tmp_path}/runs,targets=pets,shots=1,seeds=0"
+    proc = run_helpers.cli(["grid", "slurm", grid_spec, f"--out={tmp_path}/jobs", "--nodes=2",
+                            "--config.overrides=dtype=bfloat16"])
+    assert proc.stdout.endswith(f"4 runs (0 pre-training, 4 transfer): {tmp_path}/jobs/submit.sh, "
+                                f"{tmp_path}/jobs/transfer_released.sbatch\n"
+                                f"start with: bash {tmp_path}/jobs/submit.sh\n")
+    assert "--config.dtype=bfloat16" in (tmp_path / "jobs" / "transfer_released.sbatch").read_text()
+    for args, message in [
+            (["grid", "tpu", grid_spec], "bit-medical grid: grid tpu needs --tpu=NAME and --zone=ZONE"),
+            (["grid", "local", f"--config={GRID}:targets=cifar1", "--dry_run"],
+             "bit-medical grid: unknown target 'cifar1'; valid: cifar10, cifar100")]:
+        proc = run_helpers.cli(args, check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
