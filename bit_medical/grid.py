@@ -108,6 +108,16 @@ def released_name(source: str, model: str) -> str:
     return name
 
 
+def run_name(dataset: str, pretrained_model: str, shots: str | int, seed: int) -> str:
+    """A transfer run's place under the runs root, the published results' ``path`` layout:
+    ``<dataset>/<pretrained_model>/<k>_shot|full_shot/seed_<s>``."""
+    return f"{dataset}/{pretrained_model}/{_shot(shots)}/seed_{seed}"
+
+
+def _shot(shots: str | int) -> str:
+    return results.shot_name(None if shots == "full" else int(shots))
+
+
 def _spec(file: str, **args: Any) -> str:
     return f"{file}:" + ",".join(f"{k}={v}" for k, v in args.items() if v != "")
 
@@ -138,25 +148,25 @@ def runs(grid: ml_collections.ConfigDict) -> list[Run]:
             for target in grid.targets:
                 dataset = transfer.TARGETS[target]["results"]
                 for shots in grid.shots:
-                    shot = results.shot_name(None if shots == "full" else int(shots))
-                    if cells is not None and (dataset, paper_name, shot) not in cells:
+                    if cells is not None and (dataset, paper_name, _shot(shots)) not in cells:
                         continue
                     if released:
                         pretrained, after = released_name(source, model), None
                     else:
                         pre = pretrain_runs.get((source, model)) or _pretrain_run(
-                            grid, root, source, model, overrides)
+                            grid, root, source, model, overrides, smoke)
                         pretrain_runs[source, model] = pre
                         pretrained, after = pre.workdir, pre
                     for seed in grid.seeds:
-                        name = f"{dataset}/{tag}/{shot}/seed_{seed}"
+                        name = run_name(dataset, tag, shots, seed)
                         transfer_runs.append(Run(
                             name, TRANSFER, str(epath.Path(root) / name),
                             _spec(TRANSFER_CONFIG, target=target, shots=shots, seed=seed,
                                   pretrained=pretrained, data_dir=grid.data_dir, smoke=smoke),
                             overrides, after))
             if grid.grid == "full" and not released and (source, model) not in pretrain_runs:
-                pretrain_runs[source, model] = _pretrain_run(grid, root, source, model, overrides)
+                pretrain_runs[source, model] = _pretrain_run(grid, root, source, model, overrides,
+                                                             smoke)
     return [run for run in [*pretrain_runs.values(), *transfer_runs] if run.stage in grid.stages]
 
 
@@ -167,12 +177,12 @@ def _field_value(item: str) -> tuple[str, str]:
     return field.strip(), value.strip()
 
 
-def _pretrain_run(grid, root: str, source: str, model: str, overrides) -> Run:
+def _pretrain_run(grid, root: str, source: str, model: str, overrides, smoke: str) -> Run:
     name = f"pretrain/{pretrained_model(source, model, 'pretrain')}"
     return Run(name, PRETRAIN, str(epath.Path(root) / name),
                _spec(PRETRAIN_CONFIG, source=source, model=model, data_dir=grid.data_dir,
                      train_dir=grid.train_dir if source == "imagenet21k" else "",
-                     smoke="true" if grid.smoke else ""),
+                     smoke=smoke),
                overrides)
 
 
