@@ -299,6 +299,7 @@ class Slurm:
     transfer_nodes: int = 1
     transfer_time: str = "04:00:00"
     setup: str = ""           # shell lines before the run, e.g. `source .venv/bin/activate`
+    options: tuple[str, ...] = ()  # more #SBATCH options, e.g. ("--cpus-per-task=12", "--mem=0")
     signal_seconds: int = 300  # SIGTERM this long before the time limit: save, then requeue
 
 
@@ -311,6 +312,7 @@ def _sbatch(name: str, group: list[Run], slurm: Slurm, nodes: int, time: str, re
              f"#SBATCH --time={time}"]
     lines += [f"#SBATCH --partition={slurm.partition}"] * bool(slurm.partition)
     lines += [f"#SBATCH --account={slurm.account}"] * bool(slurm.account)
+    lines += [f"#SBATCH {option}" for option in slurm.options]
     lines += [
         # Requeued after preemption (or by the check below after a time-out), the task runs
         # the same command, which resumes from the workdir's checkpoints.

@@ -131,8 +131,10 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     group.add_argument("--transfer_time", default="04:00:00", help="of a transfer task")
     group.add_argument("--partition", default="", help="SLURM partition")
     group.add_argument("--account", default="", help="SLURM account")
+    group.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                       help="another #SBATCH option, e.g. --sbatch=--cpus-per-task=12 (repeatable)")
     group.add_argument("--setup", default="",
-                       help="shell run before each run, e.g. 'source .venv/bin/activate'")
+                       help="slurm, tpu: shell run before each run, e.g. 'source .venv/bin/activate'")
     group = grid.add_argument_group("tpu")
     group.add_argument("--tpu", help="TPU VM name")
     group.add_argument("--zone", help="its zone")
@@ -209,6 +211,9 @@ def _grid(args, overrides) -> None:
     from bit_medical import grid
 
     runs = grid.load(args.config, overrides)
+    if not runs:
+        raise UserError(f"{args.config} selects no runs (the paper has no such cell: grid=full "
+                        f"takes every source x model x target x shots x seed)")
     if args.launcher == "local":
         grid.run_local(runs, dry_run=args.dry_run)
         return
@@ -216,7 +221,7 @@ def _grid(args, overrides) -> None:
         files = grid.write_slurm(runs, args.out, grid.Slurm(
             nodes=args.nodes, gpus_per_node=args.gpus_per_node, per=args.per, time=args.time,
             partition=args.partition, account=args.account, transfer_nodes=args.transfer_nodes,
-            transfer_time=args.transfer_time, setup=args.setup))
+            transfer_time=args.transfer_time, setup=args.setup, options=tuple(args.sbatch)))
         start = f"bash {files[0]}"
     else:
         if not (args.tpu and args.zone):

@@ -158,14 +158,15 @@ def read_log(path) -> list[dict]:
 def test_slurm_scripts_submit_transfers_after_their_pre_training(tmp_path):
     runs = load("root=/runs,data_dir=/tfds")
     files = grid.write_slurm(runs, str(tmp_path / "jobs"), grid.Slurm(
-        nodes=16, gpus_per_node=4, partition="booster", account="proj", time="12:00:00"))
+        nodes=16, gpus_per_node=4, partition="booster", account="proj", time="12:00:00",
+        options=("--cpus-per-task=12",)))
     for file in files:
         subprocess.run(["bash", "-n", str(file)], check=True)
     sbatch = {f.name: parse_sbatch(f.read_text()) for f in files if f.suffix == ".sbatch"}
     options, pretrain = sbatch["pretrain.sbatch"]
     assert options == {"job-name": "bitm_pretrain", "array": "0-10", "nodes": "16",
                        "ntasks-per-node": "4", "gpus-per-node": "4", "time": "12:00:00",
-                       "partition": "booster", "account": "proj", "requeue": "",
+                       "partition": "booster", "account": "proj", "cpus-per-task": "12", "requeue": "",
                        "signal": "TERM@300", "output": f"{tmp_path}/jobs/logs/%x_%A_%a.out",
                        "open-mode": "append"}
     # Every run exactly once, with its command.
@@ -335,14 +336,17 @@ def test_cli_writes_the_scripts_and_names_user_errors(tmp_path):
 
     grid_spec = f"--config={GRID}:root={tmp_path}/runs,targets=pets,shots=1,seeds=0"
     proc = run_helpers.cli(["grid", "slurm", grid_spec, f"--out={tmp_path}/jobs", "--nodes=2",
-                            "--config.overrides=dtype=bfloat16"])
+                            "--config.overrides=dtype=bfloat16", "--sbatch=--mem=0"])
     assert proc.stdout.endswith(f"4 runs (0 pre-training, 4 transfer): {tmp_path}/jobs/submit.sh, "
                                 f"{tmp_path}/jobs/transfer_released.sbatch\n"
                                 f"start with: bash {tmp_path}/jobs/submit.sh\n")
-    assert "--config.dtype=bfloat16" in (tmp_path / "jobs" / "transfer_released.sbatch").read_text()
+    script = (tmp_path / "jobs" / "transfer_released.sbatch").read_text()
+    assert "--config.dtype=bfloat16" in script and "\n#SBATCH --mem=0\n" in script
     for args, message in [
             (["grid", "tpu", grid_spec], "bit-medical grid: grid tpu needs --tpu=NAME and --zone=ZONE"),
             (["grid", "local", f"--config={GRID}:targets=cifar1", "--dry_run"],
-             "bit-medical grid: unknown target 'cifar1'; valid: cifar10, cifar100")]:
+             "bit-medical grid: unknown target 'cifar1'; valid: cifar10, cifar100"),
+            (["grid", "local", f"--config={GRID}:sources=nih,models=BiT-S-R50x1", "--dry_run"],
+             f"bit-medical grid: {GRID}:sources=nih,models=BiT-S-R50x1 selects no runs")]:
         proc = run_helpers.cli(args, check=False)
         assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
