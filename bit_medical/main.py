@@ -6,6 +6,7 @@
     bit-medical demo    --workdir=DIR
     bit-medical prepare NAME --manual_dir=ROOT --data_dir=DATA [--builder_config=512]
     bit-medical report  RUNS_ROOT [--out=DIR]  |  bit-medical report --paper [--out=DIR]
+    bit-medical grid    local|slurm|tpu --config=configs/grid.py:root=RUNS [--dry_run]
 
 ``bit-medical --help`` lists the commands, ``bit-medical COMMAND --help`` the flags of one.
 ``train`` resumes from DIR's latest checkpoint when there is one; ``--config.FIELD=value``
@@ -52,6 +53,9 @@ COMMANDS = {  # name: (what it does, an example)
                "bit-medical export --workdir=runs/tb_10shot_s0"),
     "demo": ("the paper's experiment in miniature on synthetic chest X-rays (offline, minutes)",
              "bit-medical demo --workdir=/tmp/bit_demo"),
+    "grid": ("run or write the scripts of many runs: the paper's grid (configs/grid.py)",
+             ("bit-medical grid slurm --config=configs/grid.py:root=/scratch/runs,"
+              "data_dir=/data/tfds --out=jobs --nodes=16 --gpus_per_node=4")),
     "prepare": ("build a chest X-ray dataset (TFDS) from its manual download",
                 ("bit-medical prepare chexpert_v1 --manual_dir=/data/CheXpert-v1.0 "
                  "--data_dir=/data/tfds")),
@@ -110,6 +114,36 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     commands["export"].add_argument("--workdir", required=True, help="directory of the run")
     commands["demo"].add_argument("--workdir", required=True,
                                   help="where the demo writes its data, runs and results")
+    grid = commands["grid"]
+    grid.add_argument("launcher", choices=("local", "slurm", "tpu"),
+                      help="local: run in order here (skips finished runs, resumes unfinished "
+                           "ones); slurm: write sbatch job arrays; tpu: write a TPU VM pod script")
+    grid.add_argument("--config", required=True, metavar="FILE.py[:ARGS]",
+                      help="the grid (configs/grid.py:root=RUNS,...; its docstring lists the "
+                           "arguments); --config.FIELD=VALUE overrides a field")
+    grid.add_argument("--dry_run", action="store_true", help="print what would start")
+    grid.add_argument("--out", default="grid_jobs", help="slurm, tpu: folder of the scripts")
+    group = grid.add_argument_group("slurm")
+    for flag, default, text in (
+            ("nodes", 16, "nodes per pre-training run"), ("gpus_per_node", 4, "GPUs per node"),
+            ("transfer_nodes", 1, "nodes per transfer run")):
+        group.add_argument(f"--{flag}", type=int, default=default, help=f"{text} ({default})")
+    group.add_argument("--per", choices=("gpu", "node"), default="gpu",
+                       help="srun starts one process per GPU (default) or per node")
+    group.add_argument("--time", default="24:00:00", help="time limit of a pre-training task")
+    group.add_argument("--transfer_time", default="04:00:00", help="of a transfer task")
+    group.add_argument("--partition", default="", help="SLURM partition")
+    group.add_argument("--account", default="", help="SLURM account")
+    group.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                       help="another #SBATCH option, e.g. --sbatch=--cpus-per-task=12 (repeatable)")
+    group.add_argument("--setup", default="",
+                       help="slurm, tpu: shell run before each run, e.g. 'source .venv/bin/activate'")
+    group = grid.add_argument_group("tpu")
+    group.add_argument("--tpu", help="TPU VM name")
+    group.add_argument("--zone", help="its zone")
+    group.add_argument("--project", default="", help="its Google Cloud project (default: gcloud's)")
+    group.add_argument("--repo", default="bit_medical",
+                       help="the clone on the workers, from the home directory (bit_medical)")
     prepare = commands["prepare"]
     prepare.add_argument("name", metavar="NAME",
                          help="chexpert_v1, mimic_cxr_jpg, nih_chest_xray14, padchest, "
@@ -138,7 +172,7 @@ def _split_overrides(extra: list[str], name: str, command: argparse.ArgumentPars
     overrides = []
     for arg in extra:
         flag, sep, text = arg.partition("=")
-        if name != "train" or not flag.startswith("--config."):
+        if name not in ("train", "grid") or not flag.startswith("--config."):
             command.error(f"unrecognized arguments: {' '.join(extra)}")
         overrides.append((flag[len("--config."):], text if sep else None))
     return overrides
@@ -183,6 +217,37 @@ def _demo(args, overrides) -> None:
     demo.run(args.workdir)
 
 
+def _grid(args, overrides) -> None:
+    from bit_medical import grid
+
+    runs = grid.load(args.config, overrides)
+    if not runs:
+        raise UserError(f"{args.config} selects no runs (the paper has no such cell: grid=full "
+                        f"takes every source x model x target x shots x seed)")
+    if args.launcher == "local":
+        grid.run_local(runs, dry_run=args.dry_run)
+        return
+    if args.launcher == "slurm":
+        files = grid.write_slurm(runs, args.out, grid.Slurm(
+            nodes=args.nodes, gpus_per_node=args.gpus_per_node, per=args.per, time=args.time,
+            partition=args.partition, account=args.account, transfer_nodes=args.transfer_nodes,
+            transfer_time=args.transfer_time, setup=args.setup, options=tuple(args.sbatch)))
+        start = f"bash {files[0]}"
+    else:
+        if not (args.tpu and args.zone):
+            raise UserError("grid tpu needs --tpu=NAME and --zone=ZONE")
+        files = [grid.write_tpu(runs, args.out, tpu=args.tpu, zone=args.zone,
+                                project=args.project, repo=args.repo,
+                                **({"setup": args.setup} if args.setup else {}))]
+        start = f"bash {files[0]}"
+    if args.dry_run:
+        for file in files:
+            print(f"==> {file}\n{file.read_text()}")
+    pre = sum(r.stage == grid.PRETRAIN for r in runs)
+    print(f"{len(runs)} runs ({pre} pre-training, {len(runs) - pre} transfer): "
+          f"{', '.join(str(f) for f in files)}\nstart with: {start}")
+
+
 def _prepare(args, overrides) -> None:
     from bit_medical import paths
     from input_pipeline import datasets
@@ -207,7 +272,7 @@ def _report(args, overrides) -> None:
 
 
 RUN = {"train": _train, "eval": _eval, "export": _export, "demo": _demo, "prepare": _prepare,
-       "report": _report}
+       "report": _report, "grid": _grid}
 
 
 def _print(result) -> None:

@@ -10,9 +10,10 @@ import os
 
 import ml_collections
 
-import run_helpers
 from bit_medical import checkpoint, paths, results, train
 from bit_medical.models import export
+
+import run_helpers
 
 
 def test_absolute_keeps_urls_and_path_gives_epath(tmp_path, monkeypatch):
