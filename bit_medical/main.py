@@ -301,6 +301,29 @@ def _set_up_logging() -> None:
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with the process's stderr (fd 2) closed.
+
+    Some of its C++ start-up notices (oneDNN on CPUs that have it) are written before its
+    logging reads TF_CPP_MIN_LOG_LEVEL, so only this keeps them off every command's output. A
+    failed import is left for the module that needs TensorFlow to report, visibly.
+    """
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        except Exception:  # noqa: BLE001  re-raised, with its output, where it is imported
+            pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _use_compilation_cache() -> None:
     """Keeps compiled programs across runs (a resumed or repeated run starts in seconds)."""
     import jax
@@ -328,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     verbose = getattr(args, "verbose", False) or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
     _set_up_logging()
+    if args.command != "report":  # the report reads CSVs only
+        _import_tensorflow_quietly()
     if args.command not in ("prepare", "report"):  # JAX is not needed there
         from bit_medical import parallel
 
