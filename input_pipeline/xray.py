@@ -41,63 +41,26 @@ from typing import Mapping, Sequence
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-XRAY_DATASETS = frozenset(
-    {"chexpert_v1", "mimic_cxr_jpg", "nih_chest_xray14", "padchest", "covidx_cxr2",
-     "tuberculosis_cxr"}
-)
-MULTILABEL_SOURCES = ("chexpert_v1", "mimic_cxr_jpg", "nih_chest_xray14", "padchest")
-SINGLE_LABEL_SOURCES = ("covidx_cxr2", "tuberculosis_cxr")
+from input_pipeline import registry
 
-# The reference sorts each observation list, then renames "Pleural Effusion" to "Effusion" in
-# place, so Effusion sits in sorted slot 8 of the CheXpert/MIMIC order.
-_CHEXPERT_MIMIC_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
-    "Fracture", "Lung Lesion", "Lung Opacity", "Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
-)
-_NIH_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
-    "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
-)
-_PADCHEST_LABELS = (
-    "Air Trapping", "Aortic Atheromatosis", "Aortic Elongation", "Atelectasis", "Bronchiectasis",
-    "Cardiomegaly", "Consolidation", "Costophrenic Angle Blunting", "Edema", "Effusion",
-    "Emphysema", "Fibrosis", "Flattened Diaphragm", "Fracture", "Granuloma",
-    "Hemidiaphragm Elevation", "Hernia", "Hilar Enlargement", "Infiltration", "Mass", "Nodule",
-    "Pleural_Thickening", "Pneumonia", "Pneumothorax", "Scoliosis", "Support Devices",
-    "Tuberculosis",
-)
+# The registry's X-ray records, in the shapes this module's users index them by.
+XRAY_DATASETS = registry.XRAY_DATASETS
+MULTILABEL_SOURCES = tuple(n for n, r in registry.DATASETS.items() if r.kind == "xray" and r.multilabel)
+SINGLE_LABEL_SOURCES = tuple(n for n, r in registry.DATASETS.items() if r.kind == "xray" and not r.multilabel)
 # Label (or class) names of each source in the order its builder stores them.
-SOURCE_LABEL_NAMES: Mapping[str, tuple[str, ...]] = types.MappingProxyType({
-    "chexpert_v1": _CHEXPERT_MIMIC_LABELS,
-    "mimic_cxr_jpg": _CHEXPERT_MIMIC_LABELS,
-    "nih_chest_xray14": _NIH_LABELS,
-    "padchest": _PADCHEST_LABELS,
-    "covidx_cxr2": ("negative", "positive"),
-    "tuberculosis_cxr": ("normal", "tuberculosis"),
-})
-
-PA_AP = ("PA", "AP")
-FIVE_VIEWS = ("PA", "AP", "AP Supine", "L", "COSTAL")
-# The reference's default view list when each source is used alone (configs/*.yaml).
-DEFAULT_VIEWS: Mapping[str, tuple[str, ...]] = types.MappingProxyType({
-    "chexpert_v1": PA_AP,
-    "mimic_cxr_jpg": PA_AP,
-    "nih_chest_xray14": PA_AP,
-    "padchest": FIVE_VIEWS,
-})
+SOURCE_LABEL_NAMES: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
+    {n: registry.DATASETS[n].label_names for n in XRAY_DATASETS})
+PA_AP = registry.PA_AP
+FIVE_VIEWS = registry.FIVE_VIEWS
+# The reference's default view list of each source used alone (those that filter by view).
+DEFAULT_VIEWS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
+    {n: registry.DATASETS[n].views for n in XRAY_DATASETS if registry.DATASETS[n].views is not None})
 
 LABEL_SETS = ("intersection", "chexpert_mimic_13")
 # The split the reference evaluates each source on ("val"): builders name splits after the
 # files they come from, so NIH's test_list.txt is "test" and MIMIC's "validate" "validation".
-REFERENCE_EVAL_SPLIT: Mapping[str, str] = types.MappingProxyType({
-    "chexpert_v1": "validation",
-    "mimic_cxr_jpg": "validation",
-    "nih_chest_xray14": "test",
-    "padchest": "validation",
-    "covidx_cxr2": "test",
-    "tuberculosis_cxr": "test",
-})
+REFERENCE_EVAL_SPLIT: Mapping[str, str] = types.MappingProxyType(
+    {n: registry.DATASETS[n].eval_split for n in XRAY_DATASETS})
 _EVAL_SPLIT_ALIASES = ("validation", "val")
 
 # albumentations ShiftScaleRotate(shift_limit=0.25, scale_limit=0.1, rotate_limit=45, p=1)
@@ -194,16 +157,16 @@ def label_indices(names: Sequence[str], label_set: str = "intersection") -> dict
 def default_views(names: Sequence[str]) -> tuple[str, ...] | None:
     """The reference's default view list for this combination of sources.
 
-    The five-view list when PadChest is among them (PadChest configs and the four-way
-    merge), `PA`/`AP` for other multi-label combinations, and None (no filter) for COVIDx
-    and Tuberculosis, which the reference never filters by view.
+    Each source's registry list, the union of them for several sources (the five-view list
+    once PadChest is among them: PadChest configs and the four-way merge; PA/AP for other
+    multi-label unions), and None (no filter) when a source has none (COVIDx and Tuberculosis,
+    which the reference never filters by view).
     """
     names = _check_names(names)
-    if any(n in SINGLE_LABEL_SOURCES for n in names):
+    lists = [registry.DATASETS[n].views for n in names]
+    if any(views is None for views in lists):
         return None
-    if "padchest" in names:
-        return FIVE_VIEWS
-    return PA_AP
+    return tuple(dict.fromkeys(v for views in lists for v in views))
 
 
 # ----------------------------------------------------------------------------- splits
