@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from input_pipeline import options
 from input_pipeline.errors import UserError
 
 _TRUE = ("1", "true", "yes", "y")
@@ -155,22 +156,13 @@ def base() -> ml_collections.ConfigDict:
         # warm-up starts at peak / K for K workers)
         warmup_start_factor=0.0))
 
-    c.data = ml_collections.ConfigDict(dict(
-        name="", train_split="train", eval_splits={"test": "test"},
-        valid_ratio=0.0, valid_seed=0, train_dir="", val_dir="", shots=0, oversample=False,
-        multilabel_force_classification=False, skip_corrupt=False,
-        label_set="intersection", builder_config="512", shuffle_buffer=10_000))
-    # Few-shot on a multi-label target: "single" (the reference: needs
-    # multilabel_force_classification, single-positive images as classes) | "per_label" (stays
-    # multi-label, masked BCE; every label gets >= shots positive images; not in the reference).
-    c.data.multilabel_shots = "single"
+    # The data and preprocessing fields and their defaults: input_pipeline.options.
+    data = dict(options.DATA_DEFAULTS)
     # Typed references, so --config.data.views=... and --config.data.data_dir=... parse.
-    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
-    c.data.views = ml_collections.FieldReference(None, field_type=tuple)  # X-ray; None: ref default
-    c.pp = ml_collections.ConfigDict(dict(
-        kind="bit",          # bit | inception | xray
-        resize=512, crop=480,
-        norm="bit"))         # bit ([-1, 1]) | imagenet (mean/std) | "" (as the pre-trained model)
+    data["data_dir"] = ml_collections.FieldReference(data["data_dir"], field_type=str)
+    data["views"] = ml_collections.FieldReference(data["views"], field_type=tuple)
+    c.data = ml_collections.ConfigDict(data)
+    c.pp = ml_collections.ConfigDict(dict(options.PP_DEFAULTS))
 
     # Linear few-shot probe on frozen features during pre-training: name -> target.
     c.probe = ml_collections.ConfigDict(dict(targets={}, shots=(1, 5, 10, 25), l2=1.0))
