@@ -161,12 +161,15 @@ def _eval_splits(builder: str, kind: str) -> dict:
     return {"val": "validation" if kind == "xray" else registry.DATASETS[builder].eval_split}
 
 
-# Probe targets: their splits (bounded, so a probe costs seconds to minutes).
+# Probe targets: dataset, train split (the k-shot pool), test split; bounded, so a probe costs
+# seconds to minutes. Each brings its own preprocessing, whatever the source's: the reference's
+# transfer eval transform (finetune.py with augmentation type bit: Resize((crop, crop))) at the
+# run's resolution, grey X-rays read as RGB, normalised as the run's model expects.
 PROBE_TARGETS = {
-    "tuberculosis": dict(name="tuberculosis_cxr", train_split="train", test_split="test"),
-    "covidx_cxr2": dict(name="covidx_cxr2", train_split="train[:4000]", test_split="test"),
-    "cifar10": dict(name="cifar10", train_split="train[:5000]", test_split="test[:2000]"),
-    "pets": dict(name="oxford_iiit_pet", train_split="train", test_split="test[:2000]"),
+    "tuberculosis": ("tuberculosis_cxr", "train", "test"),
+    "covidx_cxr2": ("covidx_cxr2", "train[:4000]", "test"),
+    "cifar10": ("cifar10", "train[:5000]", "test[:2000]"),
+    "pets": ("oxford_iiit_pet", "train", "test[:2000]"),
 }
 VARIANTS = ("paper", "optimized")
 
@@ -216,9 +219,6 @@ def get_config(arg=None):
     c.data.data_dir = args.data_dir or None
     c.data.train_dir = args.train_dir
     c.pp.update(_PP[kind])
-    for name in filter(None, args.probe.split("+")):
-        experiment.choice("probe target", name, PROBE_TARGETS)
-        c.probe.targets[name] = PROBE_TARGETS[name]
     suffix = "" if args.variant == "paper" else f"_{args.variant}"
     c.results.pretrained_model = (
         f"{args.source}_bit{bit.architecture(args.model).tag[1:]}{suffix}")
@@ -228,5 +228,10 @@ def get_config(arg=None):
         c.log_every, c.eval_every, c.checkpoint_every = 2, 0, 4
         c.pp.update(resize=72, crop=64)
         c.data.eval_splits = {k: f"{v}[:32]" for k, v in c.data.eval_splits.items()}
+    for name in filter(None, args.probe.split("+")):
+        builder, train_split, test_split = PROBE_TARGETS[experiment.choice("probe target", name, PROBE_TARGETS)]
+        c.probe.targets[name] = experiment.probe_target(
+            builder, train_split, test_split, data_dir=c.data.data_dir,
+            pp=dict(kind="bit", resize=c.pp.crop, crop=c.pp.crop))
     c.lock()
     return c
