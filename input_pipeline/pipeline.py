@@ -55,7 +55,7 @@ class DatasetInfo:
 class Datasets:
     """Per-host batches as dicts of numpy arrays.
 
-    train: infinite; ``image`` [b, H, W, 3], ``label`` int32 [b] or float32 [b, C].
+    train: infinite, built on the first batch asked for; ``image`` [b, H, W, 3], ``label`` int32 [b] or float32 [b, C].
     evals: name -> callable giving one fresh pass over that split; batches add ``mask`` bool [b]
       (False on padding rows, whose image is zero and label 0 or all-NaN).
 
@@ -106,10 +106,13 @@ def get_datasets(config, *, start_step: int = 0, process_index: int | None = Non
     label_fn = transforms.label_transform(train_source.multilabel, chosen.force_classification)
 
     tf_options = _options(threads)
-    train = train_stream.build(chosen, fns, label_fn, seed=opt.seed, global_batch=opt.batch,
-                               process_index=process_index, process_count=process_count, start_step=start_step,
-                               cache_budget_bytes=cache_budget_bytes, shuffle_buffer=int(opt.data.shuffle_buffer))
-    train = train.prefetch(tf.data.AUTOTUNE).with_options(tf_options)
+
+    def train():   # built on the first batch asked for: eval-only users never read the train set
+        ds = train_stream.build(chosen, fns, label_fn, seed=opt.seed, global_batch=opt.batch,
+                                process_index=process_index, process_count=process_count, start_step=start_step,
+                                cache_budget_bytes=cache_budget_bytes, shuffle_buffer=int(opt.data.shuffle_buffer))
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(tf_options).as_numpy_iterator()
+
     evals = {}
     for name, split in chosen.evals.items():
         ds = eval_stream.build(split, fns, label_fn, multilabel=chosen.multilabel, num_classes=chosen.num_classes,
@@ -121,7 +124,22 @@ def get_datasets(config, *, start_step: int = 0, process_index: int | None = Non
     info = DatasetInfo(num_classes=chosen.num_classes, label_names=list(train_source.label_names),
                        multilabel=chosen.multilabel, train_size=len(chosen.train.positions),
                        image_size=(int(opt.pp.crop), int(opt.pp.crop)))
-    return Datasets(train=iter(train.as_numpy_iterator()), evals=evals, info=info)
+    return Datasets(train=_Lazy(train), evals=evals, info=info)
+
+
+class _Lazy:
+    """An iterator that `build`s its source on the first `next`."""
+
+    def __init__(self, build: Callable[[], Iterator]):
+        self._build, self._iterator = build, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            self._iterator = self._build()
+        return next(self._iterator)
 
 
 def _passes(ds: tf.data.Dataset) -> Callable[[], Iterator[dict[str, np.ndarray]]]:

@@ -2,8 +2,9 @@
 
 `build(options)` gives the training `Source` and the named eval Sources. A position is an
 example's index in a source's order (TFDS: file order, read with ``interleave_cycle_length=1``;
-image folder: sorted paths; X-ray: the reader's order). Which reader serves a name comes from
-its `input_pipeline.registry` record (image folder, X-ray builder, else a TFDS dataset).
+image folder: sorted paths; X-ray: each builder's file order, sources concatenated). Which
+reader serves a name comes from its `input_pipeline.registry` record (image folder, X-ray
+builder, else a TFDS dataset).
 """
 
 from __future__ import annotations
@@ -154,12 +155,19 @@ def _xray_source(names: list[str], split: str, *, data_dir, views, label_set,
     src = xray.read(names, split, data_dir=data_dir, views=views, label_set=label_set,
                     builder_config=builder_config)
     dataset = src.dataset  # {"image": encoded bytes, "label"}
+    # input_pipeline.xray's reader reads a range of positions without scanning the records
+    # before it, its labels in the view pass, and knows its size; a reader giving only
+    # `dataset` (the tests' stand-in) is read by skipping and one pass over its labels.
+    read_range = getattr(src, "read_range", None)
 
     def read(start, stop, ordered):
-        del ordered  # The X-ray reader has one fixed order.
+        if read_range is not None:
+            return read_range(start, stop, ordered)
         return dataset.skip(start).take(max(stop - start, 0))
 
     def read_labels():
+        if hasattr(src, "read_labels"):
+            return src.read_labels()
         batches = [b for b in dataset.map(_plain(lambda ex: ex["label"])).batch(_LABEL_BATCH).as_numpy_iterator()]
         if batches:
             return np.concatenate(batches)
@@ -167,7 +175,8 @@ def _xray_source(names: list[str], split: str, *, data_dir, views, label_set,
 
     return Source(name=f"{'+'.join(names)}:{split}", num_examples=int(src.num_examples),
                   label_names=list(src.label_names), multilabel=bool(src.multilabel), read=read,
-                  read_labels=functools.cache(read_labels), kind="xray")
+                  read_labels=functools.cache(read_labels), kind="xray",
+                  bytes_per_example=getattr(src, "bytes_per_example", None))
 
 
 # ----------------------------------------------------------------------------- by name

@@ -38,6 +38,7 @@ import re
 import types
 from typing import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -71,6 +72,24 @@ ROTATE_LIMIT = 45.0
 FLIP_PROBABILITY = 0.5
 
 
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """One source of a read: its builder, its resolved split, and which of its records are kept.
+
+    The split's records are numbered in file order (TFDS ``interleave_cycle_length=1``) across
+    its absolute pieces (`ranges`: [(split name, first, stop)]). `kept`: the record number of
+    each kept example, ascending; None when every record is kept (no view filter).
+    """
+    builder: object
+    ranges: tuple
+    views: tuple | None
+    indices: tuple | None
+    kept: np.ndarray | None
+    labels: np.ndarray | None   # kept examples' labels, when the view pass has read them
+    num_examples: int
+    bytes_per_example: float | None
+
+
 @dataclasses.dataclass
 class XraySource:
     """One X-ray source, or the union of several, ready for the generic pipeline.
@@ -81,12 +100,37 @@ class XraySource:
       label_names: the C label names (multi-label) or the class names.
       multilabel: whether labels are multi-hot vectors.
       num_examples: exact number of examples in `dataset` (after the view filter).
+      bytes_per_example: average encoded size of a kept example (from the builders' split
+        info); None if unknown.
     """
 
     dataset: tf.data.Dataset
     label_names: list[str]
     multilabel: bool
     num_examples: int
+    bytes_per_example: float | None
+    parts: list[_Part] = dataclasses.field(repr=False)
+
+    def read_range(self, start: int, stop: int, ordered: bool = True) -> tf.data.Dataset:
+        """Examples [start, stop) of `dataset`, reading only the records that hold them (in
+        `dataset`'s order if `ordered`, else the same examples in TFDS's parallel file order)."""
+        pieces, offset = [], 0
+        for part in self.parts:
+            lo, hi = max(start - offset, 0), min(stop - offset, part.num_examples)
+            if lo < hi:
+                pieces.append(_read_part(part, lo, hi, ordered))
+            offset += part.num_examples
+        if not pieces:   # the element spec, without reading anything
+            part = self.parts[0]
+            whole = _as_dataset(part.builder, part.ranges[0][0], {"image": tfds.decode.SkipDecoding()}, ordered)
+            return select(whole, views=part.views, indices=part.indices).take(0)
+        return functools.reduce(lambda x, y: x.concatenate(y), pieces)
+
+    def read_labels(self) -> np.ndarray:
+        """The labels of `dataset`, in order (float32 [N, C] or int64 [N]), from the view pass
+        when it ran, else from one label-only pass."""
+        labels = [part.labels if part.labels is not None else _labels_pass(part) for part in self.parts]
+        return np.concatenate(labels)
 
 
 # ----------------------------------------------------------------------------- names and labels
@@ -276,37 +320,96 @@ def _builder_label_names(builder, name: str) -> list[str]:
     return list(stored)
 
 
-def _count(examples: tf.data.Dataset) -> int:
-    # Batching first keeps the per-element overhead of the counting pass low.
-    def add(n, batch):
-        return n + tf.shape(batch["view"], out_type=tf.int64)[0]
-
-    return int(examples.batch(4096).reduce(tf.constant(0, tf.int64), add))
+_PASS_BATCH = 4096
 
 
-def _views_present(examples: tf.data.Dataset) -> list[str]:
-    present = examples.map(lambda ex: ex["view"]).unique()
-    return sorted(v.decode("utf-8", "replace") for v in present.as_numpy_iterator())
+def _label_key(indices) -> str:
+    return "label" if indices is None else "labels"
 
 
-def _count_kept(builder, name: str, split: str, views) -> int:
-    if views is None:
-        return int(builder.info.splits[split].num_examples)
-    only_views = builder.as_dataset(
-        split=split, shuffle_files=False,
-        decoders=tfds.decode.PartialDecoding({"view": True}))
-    kept = _count(only_views.filter(_view_filter(views)))
-    if kept == 0:
-        raise ValueError(
-            f"{name} split {split!r}: no example has a view in {list(views)}; views present: "
-            f"{_views_present(only_views)}")
-    return kept
+def _as_labels(raw: np.ndarray, indices) -> np.ndarray:
+    """Builder labels -> the reader's: int64 classes, or float32 [N, C] re-indexed to the merge."""
+    if indices is None:
+        return raw.astype(np.int64)
+    return raw.astype(np.float32)[:, list(indices)]
+
+
+def _as_dataset(builder, spec: str, decoders, ordered: bool) -> tf.data.Dataset:
+    # One file at a time gives the file order that record numbers refer to.
+    read_config = tfds.ReadConfig(interleave_cycle_length=1) if ordered else tfds.ReadConfig()
+    return builder.as_dataset(split=spec, shuffle_files=False, decoders=decoders, read_config=read_config)
+
+
+def _spec(ranges, first: int, stop: int) -> str:
+    """The TFDS split spec of records [first, stop) of the concatenated `ranges`."""
+    pieces, offset = [], 0
+    for name, lo, hi in ranges:
+        a, b = max(first - offset, 0), min(stop - offset, hi - lo)
+        if a < b:
+            pieces.append(f"{name}[{lo + a}:{lo + b}]")
+        offset += hi - lo
+    return "+".join(pieces)
+
+
+def _read_part(part: _Part, lo: int, hi: int, ordered: bool) -> tf.data.Dataset:
+    """Kept examples [lo, hi) of one part, reading only records [kept[lo], kept[hi - 1]]."""
+    first, stop = (lo, hi) if part.kept is None else (int(part.kept[lo]), int(part.kept[hi - 1]) + 1)
+    examples = _as_dataset(part.builder, _spec(part.ranges, first, stop),
+                           {"image": tfds.decode.SkipDecoding()}, ordered)
+    return select(examples, views=part.views, indices=part.indices)
+
+
+def _pass(part_builder, ranges, keys, total: int) -> dict[str, np.ndarray]:
+    """One pass over the `keys` features of every record (no image), as numpy arrays."""
+    ds = _as_dataset(part_builder, _spec(ranges, 0, total), tfds.decode.PartialDecoding({k: True for k in keys}), True)
+    batches = list(ds.batch(_PASS_BATCH).as_numpy_iterator())
+    return {k: np.concatenate([b[k] for b in batches]) for k in keys} if batches else None
+
+
+def _labels_pass(part: _Part) -> np.ndarray:
+    total = sum(hi - lo for _, lo, hi in part.ranges)
+    key = _label_key(part.indices)
+    columns = _pass(part.builder, part.ranges, [key], total)
+    if columns is None:
+        width = [0] if part.indices is None else [0, len(part.indices)]
+        return np.zeros(width, np.int64 if part.indices is None else np.float32)
+    return _as_labels(columns[key], part.indices)
+
+
+def _open_part(builder, name: str, split: str, views, indices) -> _Part:
+    """A `_Part`; with a view filter, one pass over views and labels finds the kept records and
+    their labels together."""
+    splits = builder.info.splits
+    ranges = tuple((i.splitname, i.from_ or 0, splits[i.splitname].num_examples if i.to is None else i.to)
+                   for i in tfds.core.ReadInstruction.from_spec(split).to_absolute(splits))
+    total = sum(hi - lo for _, lo, hi in ranges)
+    kept = labels = None
+    count = total
+    if views is not None:
+        key = _label_key(indices)
+        columns = _pass(builder, ranges, ["view", key], total)
+        present = np.zeros([0], object) if columns is None else columns["view"]
+        mask = np.isin(present, [v.encode() for v in views])
+        kept = np.flatnonzero(mask)
+        count = len(kept)
+        if count == 0:
+            found = sorted({v.decode("utf-8", "replace") for v in present})
+            raise ValueError(f"{name} split {split!r}: no example has a view in {list(views)}; views present: {found}")
+        labels = _as_labels(columns[key][mask], indices)
+    split_bytes = sum(builder.info.splits[n].num_bytes for n, _, _ in ranges)
+    split_examples = sum(builder.info.splits[n].num_examples for n, _, _ in ranges)
+    per_example = split_bytes / split_examples if split_bytes > 0 and split_examples > 0 else None
+    return _Part(builder=builder, ranges=ranges, views=views, indices=indices, kept=kept, labels=labels,
+                 num_examples=count, bytes_per_example=per_example)
 
 
 def read(names: Sequence[str], split: str, *, data_dir: str | None = None,
          views: Sequence[str] | None = None, label_set: str = "intersection",
          builder_config: str = "512") -> XraySource:
     """Read one X-ray source, or the union of several, as encoded images and labels.
+
+    Examples are in each builder's file order, the sources concatenated. Only the view pass
+    (when a view filter applies) reads the split before use; it collects the labels too.
 
     Args:
       names: builder names from `XRAY_DATASETS`; several multi-label sources are merged.
@@ -333,7 +436,7 @@ def read(names: Sequence[str], split: str, *, data_dir: str | None = None,
     indices = label_indices(order, label_set)
     multilabel = order[0] in MULTILABEL_SOURCES
 
-    datasets, total = [], 0
+    parts = []
     for name in order:
         builder = _load_builder(name, data_dir, builder_config)
         stored = _builder_label_names(builder, name)
@@ -341,15 +444,15 @@ def read(names: Sequence[str], split: str, *, data_dir: str | None = None,
             raise ValueError(f"{name}: the builder's label names {stored} differ from the "
                              f"reference order {list(SOURCE_LABEL_NAMES[name])}")
         source_split = resolve_split(name, split, list(builder.info.splits.keys()))
-        total += _count_kept(builder, name, source_split, views)
-        examples = builder.as_dataset(
-            split=source_split, shuffle_files=False,
-            decoders={"image": tfds.decode.SkipDecoding()})
-        datasets.append(
-            select(examples, views=views, indices=indices[name] if multilabel else None))
-    dataset = functools.reduce(lambda a, b: a.concatenate(b), datasets)
-    return XraySource(dataset=dataset, label_names=merged_names, multilabel=multilabel,
-                      num_examples=total)
+        parts.append(_open_part(builder, name, source_split, views,
+                                tuple(indices[name]) if multilabel else None))
+    total = sum(p.num_examples for p in parts)
+    sizes = [p.bytes_per_example * p.num_examples for p in parts if p.bytes_per_example is not None]
+    per_example = sum(sizes) / total if len(sizes) == len(parts) and total else None
+    source = XraySource(dataset=None, label_names=merged_names, multilabel=multilabel, num_examples=total,
+                        bytes_per_example=per_example, parts=parts)
+    source.dataset = source.read_range(0, total)
+    return source
 
 
 # ----------------------------------------------------------------------------- preprocessing
