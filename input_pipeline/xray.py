@@ -25,8 +25,10 @@ turns one builder split, or the union of several, into the stream the reference 
   square (txv's offsets), area resize, the ShiftScaleRotate + horizontal flip augmentation
   with stateless randomness, grey to 3 channels, `(x - 0.5) / 0.5`.
 
-Images stay encoded until `decode`, so shuffling and few-shot selection on the returned
-dataset are cheap.
+The facts of each source (labels, views, evaluation split) are its `input_pipeline.registry`
+record. Examples come in each builder's file order; a view filter costs one pass over views
+and labels (no image), which also gives the labels. Images stay encoded until `decode`, so
+shuffling and few-shot selection on the returned dataset are cheap.
 """
 
 from __future__ import annotations
