@@ -1,13 +1,14 @@
 """The data and preprocessing part of the config schema: its defaults, read once, and the checks.
 
-Pure Python at import: `bit_medical.experiment.base()` builds ``config.data`` and ``config.pp`` from `DATA_DEFAULTS` and
-`PP_DEFAULTS`; `resolve` turns a config (which may set only some of these fields) into one
-checked, typed `Options` that the pipeline's stages read.
+Pure Python at import: `bit_medical.experiment.base()` builds ``config.data`` and ``config.pp``
+from `DATA_DEFAULTS` and `PP_DEFAULTS`; `resolve` turns a config (which may set only some of
+these fields) into one checked `Options` that the pipeline's stages read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any
 
 from input_pipeline.errors import UserError
@@ -38,20 +39,16 @@ class Options:
     seed: int
     batch: int
     eval_batch: int
-    data: Any   # attribute access to every DATA_DEFAULTS field
-    pp: Any     # attribute access to every PP_DEFAULTS field
+    data: types.SimpleNamespace   # every DATA_DEFAULTS field
+    pp: types.SimpleNamespace     # every PP_DEFAULTS field
 
 
-class _Fields(dict):
-    __getattr__ = dict.__getitem__
-
-
-def _with_defaults(section, defaults: dict, label: str) -> _Fields:
+def _with_defaults(section, defaults: dict, label: str) -> types.SimpleNamespace:
     given = dict(section) if section is not None else {}
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise UserError(f"Unknown config.{label} field(s) {unknown}; valid: {sorted(defaults)}")
-    return _Fields({**defaults, **given})
+    return types.SimpleNamespace(**{**defaults, **given})
 
 
 def resolve(config, process_count: int, start_step: int) -> Options:
@@ -60,7 +57,7 @@ def resolve(config, process_count: int, start_step: int) -> Options:
     from input_pipeline import preprocess, transforms
     data = _with_defaults(config.data, DATA_DEFAULTS, "data")
     pp = _with_defaults(config.pp, PP_DEFAULTS, "pp")
-    data["eval_splits"] = dict(data["eval_splits"] or {})
+    data.eval_splits = dict(data.eval_splits or {})
     if pp.kind not in transforms.TRANSFORMS:
         raise UserError(f"Unknown pp.kind {pp.kind!r}; valid: {list(transforms.TRANSFORMS)}")
     preprocess.check_norm(pp.norm)
