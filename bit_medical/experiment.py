@@ -140,12 +140,13 @@ def pp_section(**values: Any) -> ml_collections.ConfigDict:
 def probe_target(name: str, train_split: str, test_split: str, *, pp: dict,
                  **data: Any) -> ml_collections.ConfigDict:
     """One linear-probe target with its own data and preprocessing (as big_vision's few-shot
-    evaluators): ``data`` reads dataset `name` (other data fields from `data`, e.g. data_dir),
-    whose eval passes ``train`` (the k-shot pool) and ``test`` give the probe its features;
+    evaluators): ``data`` reads dataset `name` (other data fields from `data`, e.g. data_dir);
+    one unaugmented pass over its train split (the k-shot pool) and one over its eval split
+    ``test`` give the probe its features;
     ``pp`` (kind, resize, crop) prepares its images, normalised with the run's ``pp.norm`` (the
     features come from the run's model)."""
     section = data_section(name=name, train_split=train_split,
-                           eval_splits={"train": train_split, "test": test_split}, **data)
+                           eval_splits={"test": test_split}, **data)
     images = pp_section(**pp)
     del images["norm"]
     return ml_collections.ConfigDict(dict(data=section, pp=images))

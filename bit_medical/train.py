@@ -346,9 +346,12 @@ def _probe_datasets(config: ml_collections.ConfigDict) -> dict:
     target's own data and pp sections (`experiment.probe_target`) and the run's normalisation."""
     probes = {}
     for name, target in config.probe.targets.items():
+        section = target.data.to_dict()
+        # The k-shot pool's features: an unaugmented pass over the train split.
+        section["eval_splits"] = {**section["eval_splits"], "train": section["train_split"]}
         cfg = ml_collections.ConfigDict(dict(
             seed=config.seed, batch_size=config.eval_batch_size, eval_batch_size=config.eval_batch_size,
-            data=target.data.to_dict(), pp={**target.pp.to_dict(), "norm": config.pp.norm}))
+            data=section, pp={**target.pp.to_dict(), "norm": config.pp.norm}))
         data = input_pipeline.get_datasets(cfg)
         if data.info.multilabel:
             raise experiment.UserError(f"probe target {name!r} is multi-label; the ridge probe needs "

@@ -125,7 +125,8 @@ def test_pretrain_probe_targets():
     assert c.pp.kind == "xray"
     for target in c.probe.targets.values():
         assert (target.pp.kind, target.pp.crop) == ("bit", 224) and "norm" not in target.pp
-    assert dict(c.probe.targets.cifar10.data.eval_splits) == {"train": "train[:5000]", "test": "test[:2000]"}
+    cifar = c.probe.targets.cifar10.data
+    assert (cifar.train_split, dict(cifar.eval_splits)) == ("train[:5000]", {"test": "test[:2000]"})
     natural = PRETRAIN.get_config("source=imagenet1k,probe=tuberculosis")
     assert natural.pp.kind == "inception" and natural.probe.targets.tuberculosis.pp.kind == "bit"
 
