@@ -17,6 +17,7 @@ from typing import Any
 
 import ml_collections
 
+from input_pipeline import options
 from input_pipeline.errors import UserError
 
 _TRUE = ("1", "true", "yes", "y")
@@ -119,6 +120,38 @@ def override(config: ml_collections.ConfigDict, field: str, text: str | None) ->
         raise UserError(f"{label}={text!r}: {e}") from None
 
 
+def data_section(**values: Any) -> ml_collections.ConfigDict:
+    """A ``data`` section: the fields and defaults of `input_pipeline.options`, then `values`."""
+    data = dict(options.DATA_DEFAULTS)
+    # Typed references, so --config.data.views=... and --config.data.data_dir=... parse.
+    data["data_dir"] = ml_collections.FieldReference(data["data_dir"], field_type=str)
+    data["views"] = ml_collections.FieldReference(data["views"], field_type=tuple)
+    section = ml_collections.ConfigDict(data)
+    for key, value in values.items():   # assignment replaces a nested dict (update would merge)
+        section[key] = value
+    return section
+
+
+def pp_section(**values: Any) -> ml_collections.ConfigDict:
+    """A ``pp`` section: the fields and defaults of `input_pipeline.options`, then `values`."""
+    return ml_collections.ConfigDict({**options.PP_DEFAULTS, **values})
+
+
+def probe_target(name: str, train_split: str, test_split: str, *, pp: dict,
+                 **data: Any) -> ml_collections.ConfigDict:
+    """One linear-probe target with its own data and preprocessing (as big_vision's few-shot
+    evaluators): ``data`` reads dataset `name` (other data fields from `data`, e.g. data_dir);
+    one unaugmented pass over its train split (the k-shot pool) and one over its eval split
+    ``test`` give the probe its features;
+    ``pp`` (kind, resize, crop) prepares its images, normalised with the run's ``pp.norm`` (the
+    features come from the run's model)."""
+    section = data_section(name=name, train_split=train_split,
+                           eval_splits={"test": test_split}, **data)
+    images = pp_section(**pp)
+    del images["norm"]
+    return ml_collections.ConfigDict(dict(data=section, pp=images))
+
+
 def base() -> ml_collections.ConfigDict:
     """Every config field with its default (see configs/*.py for the values of experiments)."""
     c = ml_collections.ConfigDict()
@@ -155,24 +188,10 @@ def base() -> ml_collections.ConfigDict:
         # warm-up starts at peak / K for K workers)
         warmup_start_factor=0.0))
 
-    c.data = ml_collections.ConfigDict(dict(
-        name="", train_split="train", eval_splits={"test": "test"},
-        valid_ratio=0.0, valid_seed=0, train_dir="", val_dir="", shots=0, oversample=False,
-        multilabel_force_classification=False, skip_corrupt=False,
-        label_set="intersection", builder_config="512", shuffle_buffer=10_000))
-    # Few-shot on a multi-label target: "single" (the reference: needs
-    # multilabel_force_classification, single-positive images as classes) | "per_label" (stays
-    # multi-label, masked BCE; every label gets >= shots positive images; not in the reference).
-    c.data.multilabel_shots = "single"
-    # Typed references, so --config.data.views=... and --config.data.data_dir=... parse.
-    c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data_dir
-    c.data.views = ml_collections.FieldReference(None, field_type=tuple)  # X-ray; None: ref default
-    c.pp = ml_collections.ConfigDict(dict(
-        kind="bit",          # bit | inception | xray
-        resize=512, crop=480,
-        norm="bit"))         # bit ([-1, 1]) | imagenet (mean/std) | "" (as the pre-trained model)
+    c.data = data_section()
+    c.pp = pp_section()
 
-    # Linear few-shot probe on frozen features during pre-training: name -> target.
+    # Linear few-shot probe on frozen features during pre-training: name -> `probe_target(...)`.
     c.probe = ml_collections.ConfigDict(dict(targets={}, shots=(1, 5, 10, 25), l2=1.0))
     # Names in results.csv (the paper's schema); empty: derived from the run.
     c.results = ml_collections.ConfigDict(dict(dataset="", pretrained_model=""))

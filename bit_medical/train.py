@@ -203,8 +203,9 @@ def absolute_paths(config: ml_collections.ConfigDict) -> None:
     Done where a run starts, so that its saved config.json means the same from anywhere.
     """
     config.pretrained = pretrained.resolve_source(config.pretrained)
-    for key in ("data_dir", "train_dir", "val_dir"):
-        config.data[key] = paths.absolute(config.data[key])
+    for data in [config.data] + [t.data for t in config.probe.targets.values()]:
+        for key in ("data_dir", "train_dir", "val_dir"):
+            data[key] = paths.absolute(data[key])
 
 
 def resolve_normalisation(config: ml_collections.ConfigDict) -> None:
@@ -329,8 +330,8 @@ def linear_probe(features_fn: Callable, params: Any, probes: dict, sharding,
     """Closed-form ridge accuracy on frozen features, k examples per class of each target."""
     out = {}
     for name, (data, num_classes) in probes.items():
-        train_x, train_y = _features(features_fn, params, data.evals["probe_train"](), sharding)
-        test_x, test_y = _features(features_fn, params, data.evals["probe_test"](), sharding)
+        train_x, train_y = _features(features_fn, params, data.evals["train"](), sharding)
+        test_x, test_y = _features(features_fn, params, data.evals["test"](), sharding)
         for k in config.probe.shots:
             idx = k_shot_indices(train_y, k, config.seed, num_classes)
             acc = fewshot.probe_accuracy(train_x[idx], train_y[idx], test_x, test_y,
@@ -340,18 +341,20 @@ def linear_probe(features_fn: Callable, params: Any, probes: dict, sharding,
 
 
 def _probe_datasets(config: ml_collections.ConfigDict) -> dict:
-    """Eval-only pipelines over each probe target's train and test splits."""
+    """Eval-only pipelines over each probe target's ``train`` and ``test`` splits, each with the
+    target's own data and pp sections (`experiment.probe_target`) and the run's normalisation."""
     probes = {}
     for name, target in config.probe.targets.items():
-        cfg = ml_collections.ConfigDict(config.to_dict())
-        cfg.data.update(name=target.name, train_split=target.train_split, shots=0,
-                        valid_ratio=0.0, oversample=False, views=None)
-        cfg.data.eval_splits = {"probe_train": target.train_split,
-                                "probe_test": target.test_split}
+        section = target.data.to_dict()
+        # The k-shot pool's features: an unaugmented pass over the train split.
+        section["eval_splits"] = {**section["eval_splits"], "train": section["train_split"]}
+        cfg = ml_collections.ConfigDict(dict(
+            seed=config.seed, batch_size=config.eval_batch_size, eval_batch_size=config.eval_batch_size,
+            data=section, pp={**target.pp.to_dict(), "norm": config.pp.norm}))
         data = input_pipeline.get_datasets(cfg)
         if data.info.multilabel:
             raise experiment.UserError(f"probe target {name!r} is multi-label; the ridge probe needs "
-                             f"single-label classes")
+                                       f"single-label classes")
         probes[name] = (data, data.info.num_classes)
     return probes
 

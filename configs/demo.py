@@ -41,8 +41,9 @@ def get_config(arg=None):
         c.total_steps = args.steps or 120
         c.eval_every = 60
         if args.probe:
-            c.probe.targets = {"tuberculosis": dict(name="tuberculosis_cxr",
-                                                    train_split="train", test_split="test")}
+            c.probe.targets = {"tuberculosis": experiment.probe_target(
+                "tuberculosis_cxr", "train", "test", data_dir=c.data.data_dir, builder_config="full",
+                pp=dict(kind="bit", resize=IMAGE_SIZE, crop=IMAGE_SIZE))}
         c.results.pretrained_model = "demo_chexpert_bit14x0.5"
     else:
         c.pretrained = args.pretrained

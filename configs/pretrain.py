@@ -78,6 +78,7 @@ import dataclasses
 
 from bit_medical import experiment
 from bit_medical.models import bit
+from input_pipeline import registry
 
 GPUS_PER_NODE = 4  # JUWELS Booster: 4 A100 per node, one Horovod worker per GPU.
 
@@ -130,14 +131,15 @@ RECIPES = {
 # A (source, model) without an official file -> the file it follows.
 NEAREST = {"padchest_bit50x1.yaml": "padchest_bit152x4.yaml"}
 
-_XRAY_PP = dict(kind="xray", resize=224, crop=224, norm="bit")
-_INCEPTION_PP = dict(kind="inception", resize=256, crop=224, norm="imagenet")
-# X-ray 'validation' is each builder's reference evaluation split (input_pipeline.xray
-# REFERENCE_EVAL_SPLIT), for a union the union of its sources'.
-_VAL = {"val": "validation"}
+# Preprocessing by the source's registry kind: the torchxrayvision transform for X-rays, the
+# random-resized crop with ImageNet's mean/std for natural images.
+_PP = {"xray": dict(kind="xray", resize=224, crop=224, norm="bit"),
+       "natural": dict(kind="inception", resize=256, crop=224, norm="imagenet")}
+_PP["image_folder"] = _PP["natural"]
+# source -> '+'-joined builder names (facts in input_pipeline.registry) and the label set.
 SOURCES = {
-    "imagenet1k": dict(name="imagenet2012", eval_splits=_VAL, pp=_INCEPTION_PP),
-    "imagenet21k": dict(name="image_folder", eval_splits={}, pp=_INCEPTION_PP),
+    "imagenet1k": dict(name="imagenet2012"),
+    "imagenet21k": dict(name="image_folder"),
     "chexpert": dict(name="chexpert_v1"),
     "mimic": dict(name="mimic_cxr_jpg"),
     "nih": dict(name="nih_chest_xray14"),
@@ -149,12 +151,25 @@ SOURCES = {
     "chexpert_mimic_nih_padchest": dict(
         name="chexpert_v1+mimic_cxr_jpg+nih_chest_xray14+padchest"),
 }
-# Probe targets: their splits (bounded, so a probe costs seconds to minutes).
+
+
+def _eval_splits(builder: str, kind: str) -> dict:
+    """Validation: X-ray 'validation' is each builder's reference evaluation split (the
+    registry's eval_split), for a union the union of its sources'; an image folder has none."""
+    if kind == "image_folder":
+        return {}
+    return {"val": "validation" if kind == "xray" else registry.DATASETS[builder].eval_split}
+
+
+# Probe targets: dataset, train split (the k-shot pool), test split; bounded, so a probe costs
+# seconds to minutes. Each brings its own preprocessing, whatever the source's: the reference's
+# transfer eval transform (finetune.py with augmentation type bit: Resize((crop, crop))) at the
+# run's resolution, grey X-rays read as RGB, normalised as the run's model expects.
 PROBE_TARGETS = {
-    "tuberculosis": dict(name="tuberculosis_cxr", train_split="train", test_split="test"),
-    "covidx_cxr2": dict(name="covidx_cxr2", train_split="train[:4000]", test_split="test"),
-    "cifar10": dict(name="cifar10", train_split="train[:5000]", test_split="test[:2000]"),
-    "pets": dict(name="oxford_iiit_pet", train_split="train", test_split="test[:2000]"),
+    "tuberculosis": ("tuberculosis_cxr", "train", "test"),
+    "covidx_cxr2": ("covidx_cxr2", "train[:4000]", "test"),
+    "cifar10": ("cifar10", "train[:5000]", "test[:2000]"),
+    "pets": ("oxford_iiit_pet", "train", "test[:2000]"),
 }
 VARIANTS = ("paper", "optimized")
 
@@ -192,8 +207,10 @@ def get_config(arg=None):
     c.eval_every = 1000
     c.checkpoint_every = 1000
 
+    first = source["name"].split("+")[0]
+    kind = registry.DATASETS[first].kind
     c.data.name = source["name"]
-    c.data.eval_splits = source.get("eval_splits", _VAL)
+    c.data.eval_splits = _eval_splits(first, kind)
     # The reference keeps the lowest-validation-loss model (model.pth.tar) and transfers it:
     # WORKDIR/export_best, which `pretrained=WORKDIR` picks. Without validation, the last.
     c.best_split = "val" if "val" in c.data.eval_splits else ""
@@ -201,10 +218,7 @@ def get_config(arg=None):
         c.data.label_set = source["label_set"]
     c.data.data_dir = args.data_dir or None
     c.data.train_dir = args.train_dir
-    c.pp.update(source.get("pp", _XRAY_PP))
-    for name in filter(None, args.probe.split("+")):
-        experiment.choice("probe target", name, PROBE_TARGETS)
-        c.probe.targets[name] = PROBE_TARGETS[name]
+    c.pp.update(_PP[kind])
     suffix = "" if args.variant == "paper" else f"_{args.variant}"
     c.results.pretrained_model = (
         f"{args.source}_bit{bit.architecture(args.model).tag[1:]}{suffix}")
@@ -214,5 +228,10 @@ def get_config(arg=None):
         c.log_every, c.eval_every, c.checkpoint_every = 2, 0, 4
         c.pp.update(resize=72, crop=64)
         c.data.eval_splits = {k: f"{v}[:32]" for k, v in c.data.eval_splits.items()}
+    for name in filter(None, args.probe.split("+")):
+        builder, train_split, test_split = PROBE_TARGETS[experiment.choice("probe target", name, PROBE_TARGETS)]
+        c.probe.targets[name] = experiment.probe_target(
+            builder, train_split, test_split, data_dir=c.data.data_dir,
+            pp=dict(kind="bit", resize=c.pp.crop, crop=c.pp.crop))
     c.lock()
     return c

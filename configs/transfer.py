@@ -38,59 +38,52 @@ the paper's own ImageNet pre-trainings.
 
 from bit_medical import experiment, hyperrule
 from bit_medical.models import bit
+from input_pipeline import registry
 
-# target -> the reference's data settings: builder, splits (train_split; eval_splits maps
-# result names to splits), classes, size of the full training set the reference trains on
-# (None: known only from the data), original image size (for the BiT-HyperRule resolution),
-# the dataset name in the paper's results files. Sizes: TFDS catalogue; COVIDx and
-# Tuberculosis as ../shared/datasets/FORMATS.md (Tuberculosis: 85% of each folder).
+
+def _target(dataset: str, **protocol) -> dict:
+    """A target's settings: its dataset's registry record (builder, the reference's splits,
+    classes, full training-set size, original image size, results name, oversampling), then
+    the target's own protocol on top."""
+    r = registry.DATASETS[dataset]
+    target = dict(name=r.builder, train_split=r.train_split, eval_splits={"test": r.eval_split},
+                  num_classes=r.num_classes, train_size=r.train_size, size=r.image_size,
+                  results=r.results, oversample=r.oversample)
+    if r.kind == "xray" and r.multilabel:
+        # X-ray preprocessing and [-1, 1] inputs (padchest.yaml), whatever the source.
+        target.update(pp="xray", eval_splits={"test": "validation"})
+    if r.kind == "image_folder":
+        target["eval_splits"] = {}  # evaluates on val_dir, as the split 'val'
+    target.update(protocol)
+    return target
+
+
+# target -> its settings (`_target`). Sizes: TFDS catalogue; COVIDx and Tuberculosis as
+# ../shared/datasets/FORMATS.md (Tuberculosis: 85% of each folder).
 TARGETS = {
-    "cifar10": dict(name="cifar10", num_classes=10, train_size=50_000, size=(32, 32),
-                    results="cifar10"),
-    "cifar100": dict(name="cifar100", num_classes=100, train_size=50_000, size=(32, 32),
-                     results="cifar100"),
-    "pets": dict(name="oxford_iiit_pet", num_classes=37, train_size=3_680, size=(500, 375),
-                 results="pets"),
-    # The reference's flowers_oversampling.yaml trains on `mod_train`, the original test split
-    # (6149 images, imbalanced, oversampled) and evaluates on `mod_test`, train + validation.
-    "flowers": dict(name="oxford_flowers102", train_split="test",
-                    eval_splits={"test": "train+validation"}, oversample=True,
-                    num_classes=102, train_size=6_149, size=(500, 500),
-                    results="flowers_oversampling"),
+    "cifar10": _target("cifar10"),
+    "cifar100": _target("cifar100"),
+    "pets": _target("oxford_iiit_pet"),
+    "flowers": _target("oxford_flowers102"),
     # The standard Flowers-102 protocol (not the paper's): train + validation, test on test.
-    "flowers102": dict(name="oxford_flowers102", train_split="train+validation",
-                       num_classes=102, train_size=2_040, size=(500, 500), results="flowers102"),
-    "covidx_cxr2": dict(name="covidx_cxr2", oversample=True, num_classes=2, train_size=15_952,
-                        size=(1024, 1024), results="covidx_cxr2"),
-    "tuberculosis": dict(name="tuberculosis_cxr", num_classes=2, train_size=562 + 117,
-                         size=(3000, 3000), results="tuberculosis_full"),
+    "flowers102": _target("oxford_flowers102", train_split="train+validation", eval_splits={"test": "test"},
+                          oversample=False, train_size=2_040, results="flowers102"),
+    "covidx_cxr2": _target("covidx_cxr2"),
+    "tuberculosis": _target("tuberculosis_cxr"),
     # The paper's PadChest transfer classifies images with exactly one positive label
-    # (finetune.py --multilabel-force-classification; its accuracies are single-label), with
-    # the X-ray preprocessing and the [-1, 1] inputs of padchest.yaml, whatever the source.
-    "padchest": dict(name="padchest", eval_splits={"test": "validation"}, num_classes=27,
-                     train_size=None, multilabel_force_classification=True, pp="xray",
-                     results="padchest"),
-    # Evaluates on val_dir, as the split 'val'.
-    "image_folder": dict(name="image_folder", eval_splits={}, num_classes=None,
-                         train_size=None, size=(500, 500), results="image_folder"),
+    # (finetune.py --multilabel-force-classification; its accuracies are single-label).
+    "padchest": _target("padchest", multilabel_force_classification=True),
+    "image_folder": _target("image_folder"),
 
     # ---- Beyond the paper: multi-label X-ray targets kept multi-label. Trained with the masked
     # sigmoid BCE (NaN = unknown label), evaluated on all labels (mean_auc); few-shot draws give
-    # every label >= k positive images (data.multilabel_shots="per_label"). X-ray preprocessing
-    # as `padchest`; "validation" is the split the reference evaluates each source on (NIH:
-    # test_list, MIMIC: validate, CheXpert: valid.csv, PadChest: its held-out part).
-    "padchest_multilabel": dict(name="padchest", eval_splits={"test": "validation"},
-                                multilabel_shots="per_label", pp="xray", num_classes=None,
-                                train_size=None, results="padchest_multilabel"),
-    "chexpert": dict(name="chexpert_v1", eval_splits={"test": "validation"},
-                     multilabel_shots="per_label", pp="xray", num_classes=None,
-                     train_size=None, results="chexpert"),
-    "mimic": dict(name="mimic_cxr_jpg", eval_splits={"test": "validation"},
-                  multilabel_shots="per_label", pp="xray", num_classes=None, train_size=None,
-                  results="mimic"),
-    "nih": dict(name="nih_chest_xray14", eval_splits={"test": "validation"},
-                multilabel_shots="per_label", pp="xray", num_classes=None, train_size=None,
-                results="nih"),
+    # every label >= k positive images (data.multilabel_shots="per_label"); "validation" is the
+    # split the reference evaluates each source on (registry eval_split).
+    "padchest_multilabel": _target("padchest", multilabel_shots="per_label", num_classes=None,
+                                   results="padchest_multilabel"),
+    "chexpert": _target("chexpert_v1", multilabel_shots="per_label", num_classes=None),
+    "mimic": _target("mimic_cxr_jpg", multilabel_shots="per_label", num_classes=None),
+    "nih": _target("nih_chest_xray14", multilabel_shots="per_label", num_classes=None),
 }
 SHOTS = ("1", "5", "10", "100", "500", "full")
 
@@ -122,11 +115,11 @@ def get_config(arg=None):
     c.head_init = args.head_init
 
     c.data.name = target["name"]
-    c.data.train_split = target.get("train_split", "train")
-    c.data.eval_splits = target.get("eval_splits", {"test": "test"})
+    c.data.train_split = target["train_split"]
+    c.data.eval_splits = target["eval_splits"]
     c.data.shots = 0 if args.shots == "full" else int(args.shots)
     # The reference oversamples full-data runs only; few-shot sets are balanced already.
-    c.data.oversample = target.get("oversample", False) and c.data.shots == 0
+    c.data.oversample = target["oversample"] and c.data.shots == 0
     c.data.multilabel_force_classification = target.get("multilabel_force_classification",
                                                          False)
     c.data.multilabel_shots = target.get("multilabel_shots", c.data.multilabel_shots)

@@ -25,8 +25,10 @@ turns one builder split, or the union of several, into the stream the reference 
   square (txv's offsets), area resize, the ShiftScaleRotate + horizontal flip augmentation
   with stateless randomness, grey to 3 channels, `(x - 0.5) / 0.5`.
 
-Images stay encoded until `decode`, so shuffling and few-shot selection on the returned
-dataset are cheap.
+The facts of each source (labels, views, evaluation split) are its `input_pipeline.registry`
+record. Examples come in each builder's file order; a view filter costs one pass over views
+and labels (no image), which also gives the labels. Images stay encoded until `decode`, so
+shuffling and few-shot selection on the returned dataset are cheap.
 """
 
 from __future__ import annotations
@@ -38,66 +40,30 @@ import re
 import types
 from typing import Mapping, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-XRAY_DATASETS = frozenset(
-    {"chexpert_v1", "mimic_cxr_jpg", "nih_chest_xray14", "padchest", "covidx_cxr2",
-     "tuberculosis_cxr"}
-)
-MULTILABEL_SOURCES = ("chexpert_v1", "mimic_cxr_jpg", "nih_chest_xray14", "padchest")
-SINGLE_LABEL_SOURCES = ("covidx_cxr2", "tuberculosis_cxr")
+from input_pipeline import registry
 
-# The reference sorts each observation list, then renames "Pleural Effusion" to "Effusion" in
-# place, so Effusion sits in sorted slot 8 of the CheXpert/MIMIC order.
-_CHEXPERT_MIMIC_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
-    "Fracture", "Lung Lesion", "Lung Opacity", "Effusion", "Pleural Other", "Pneumonia",
-    "Pneumothorax", "Support Devices",
-)
-_NIH_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
-    "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
-)
-_PADCHEST_LABELS = (
-    "Air Trapping", "Aortic Atheromatosis", "Aortic Elongation", "Atelectasis", "Bronchiectasis",
-    "Cardiomegaly", "Consolidation", "Costophrenic Angle Blunting", "Edema", "Effusion",
-    "Emphysema", "Fibrosis", "Flattened Diaphragm", "Fracture", "Granuloma",
-    "Hemidiaphragm Elevation", "Hernia", "Hilar Enlargement", "Infiltration", "Mass", "Nodule",
-    "Pleural_Thickening", "Pneumonia", "Pneumothorax", "Scoliosis", "Support Devices",
-    "Tuberculosis",
-)
+# The registry's X-ray records, in the shapes this module's users index them by.
+XRAY_DATASETS = registry.XRAY_DATASETS
+MULTILABEL_SOURCES = tuple(n for n, r in registry.DATASETS.items() if r.kind == "xray" and r.multilabel)
+SINGLE_LABEL_SOURCES = tuple(n for n, r in registry.DATASETS.items() if r.kind == "xray" and not r.multilabel)
 # Label (or class) names of each source in the order its builder stores them.
-SOURCE_LABEL_NAMES: Mapping[str, tuple[str, ...]] = types.MappingProxyType({
-    "chexpert_v1": _CHEXPERT_MIMIC_LABELS,
-    "mimic_cxr_jpg": _CHEXPERT_MIMIC_LABELS,
-    "nih_chest_xray14": _NIH_LABELS,
-    "padchest": _PADCHEST_LABELS,
-    "covidx_cxr2": ("negative", "positive"),
-    "tuberculosis_cxr": ("normal", "tuberculosis"),
-})
-
-PA_AP = ("PA", "AP")
-FIVE_VIEWS = ("PA", "AP", "AP Supine", "L", "COSTAL")
-# The reference's default view list when each source is used alone (configs/*.yaml).
-DEFAULT_VIEWS: Mapping[str, tuple[str, ...]] = types.MappingProxyType({
-    "chexpert_v1": PA_AP,
-    "mimic_cxr_jpg": PA_AP,
-    "nih_chest_xray14": PA_AP,
-    "padchest": FIVE_VIEWS,
-})
+SOURCE_LABEL_NAMES: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
+    {n: registry.DATASETS[n].label_names for n in XRAY_DATASETS})
+PA_AP = registry.PA_AP
+FIVE_VIEWS = registry.FIVE_VIEWS
+# The reference's default view list of each source used alone (those that filter by view).
+DEFAULT_VIEWS: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
+    {n: registry.DATASETS[n].views for n in XRAY_DATASETS if registry.DATASETS[n].views is not None})
 
 LABEL_SETS = ("intersection", "chexpert_mimic_13")
 # The split the reference evaluates each source on ("val"): builders name splits after the
 # files they come from, so NIH's test_list.txt is "test" and MIMIC's "validate" "validation".
-REFERENCE_EVAL_SPLIT: Mapping[str, str] = types.MappingProxyType({
-    "chexpert_v1": "validation",
-    "mimic_cxr_jpg": "validation",
-    "nih_chest_xray14": "test",
-    "padchest": "validation",
-    "covidx_cxr2": "test",
-    "tuberculosis_cxr": "test",
-})
+REFERENCE_EVAL_SPLIT: Mapping[str, str] = types.MappingProxyType(
+    {n: registry.DATASETS[n].eval_split for n in XRAY_DATASETS})
 _EVAL_SPLIT_ALIASES = ("validation", "val")
 
 # albumentations ShiftScaleRotate(shift_limit=0.25, scale_limit=0.1, rotate_limit=45, p=1)
@@ -106,6 +72,24 @@ SHIFT_LIMIT = 0.25
 SCALE_LIMIT = 0.1
 ROTATE_LIMIT = 45.0
 FLIP_PROBABILITY = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """One source of a read: its builder, its resolved split, and which of its records are kept.
+
+    The split's records are numbered in file order (TFDS ``interleave_cycle_length=1``) across
+    its absolute pieces (`ranges`: [(split name, first, stop)]). `kept`: the record number of
+    each kept example, ascending; None when every record is kept (no view filter).
+    """
+    builder: object
+    ranges: tuple
+    views: tuple | None
+    indices: tuple | None
+    kept: np.ndarray | None
+    labels: np.ndarray | None   # kept examples' labels, when the view pass has read them
+    num_examples: int
+    bytes_per_example: float | None
 
 
 @dataclasses.dataclass
@@ -118,12 +102,37 @@ class XraySource:
       label_names: the C label names (multi-label) or the class names.
       multilabel: whether labels are multi-hot vectors.
       num_examples: exact number of examples in `dataset` (after the view filter).
+      bytes_per_example: average encoded size of a kept example (from the builders' split
+        info); None if unknown.
     """
 
     dataset: tf.data.Dataset
     label_names: list[str]
     multilabel: bool
     num_examples: int
+    bytes_per_example: float | None
+    parts: list[_Part] = dataclasses.field(repr=False)
+
+    def read_range(self, start: int, stop: int, ordered: bool = True) -> tf.data.Dataset:
+        """Examples [start, stop) of `dataset`, reading only the records that hold them (in
+        `dataset`'s order if `ordered`, else the same examples in TFDS's parallel file order)."""
+        pieces, offset = [], 0
+        for part in self.parts:
+            lo, hi = max(start - offset, 0), min(stop - offset, part.num_examples)
+            if lo < hi:
+                pieces.append(_read_part(part, lo, hi, ordered))
+            offset += part.num_examples
+        if not pieces:   # the element spec, without reading anything
+            part = self.parts[0]
+            whole = _as_dataset(part.builder, part.ranges[0][0], {"image": tfds.decode.SkipDecoding()}, ordered)
+            return select(whole, views=part.views, indices=part.indices).take(0)
+        return functools.reduce(lambda x, y: x.concatenate(y), pieces)
+
+    def read_labels(self) -> np.ndarray:
+        """The labels of `dataset`, in order (float32 [N, C] or int64 [N]), from the view pass
+        when it ran, else from one label-only pass."""
+        labels = [part.labels if part.labels is not None else _labels_pass(part) for part in self.parts]
+        return np.concatenate(labels)
 
 
 # ----------------------------------------------------------------------------- names and labels
@@ -194,16 +203,16 @@ def label_indices(names: Sequence[str], label_set: str = "intersection") -> dict
 def default_views(names: Sequence[str]) -> tuple[str, ...] | None:
     """The reference's default view list for this combination of sources.
 
-    The five-view list when PadChest is among them (PadChest configs and the four-way
-    merge), `PA`/`AP` for other multi-label combinations, and None (no filter) for COVIDx
-    and Tuberculosis, which the reference never filters by view.
+    Each source's registry list, the union of them for several sources (the five-view list
+    once PadChest is among them: PadChest configs and the four-way merge; PA/AP for other
+    multi-label unions), and None (no filter) when a source has none (COVIDx and Tuberculosis,
+    which the reference never filters by view).
     """
     names = _check_names(names)
-    if any(n in SINGLE_LABEL_SOURCES for n in names):
+    lists = [registry.DATASETS[n].views for n in names]
+    if any(views is None for views in lists):
         return None
-    if "padchest" in names:
-        return FIVE_VIEWS
-    return PA_AP
+    return tuple(dict.fromkeys(v for views in lists for v in views))
 
 
 # ----------------------------------------------------------------------------- splits
@@ -313,37 +322,96 @@ def _builder_label_names(builder, name: str) -> list[str]:
     return list(stored)
 
 
-def _count(examples: tf.data.Dataset) -> int:
-    # Batching first keeps the per-element overhead of the counting pass low.
-    def add(n, batch):
-        return n + tf.shape(batch["view"], out_type=tf.int64)[0]
-
-    return int(examples.batch(4096).reduce(tf.constant(0, tf.int64), add))
+_PASS_BATCH = 4096
 
 
-def _views_present(examples: tf.data.Dataset) -> list[str]:
-    present = examples.map(lambda ex: ex["view"]).unique()
-    return sorted(v.decode("utf-8", "replace") for v in present.as_numpy_iterator())
+def _label_key(indices) -> str:
+    return "label" if indices is None else "labels"
 
 
-def _count_kept(builder, name: str, split: str, views) -> int:
-    if views is None:
-        return int(builder.info.splits[split].num_examples)
-    only_views = builder.as_dataset(
-        split=split, shuffle_files=False,
-        decoders=tfds.decode.PartialDecoding({"view": True}))
-    kept = _count(only_views.filter(_view_filter(views)))
-    if kept == 0:
-        raise ValueError(
-            f"{name} split {split!r}: no example has a view in {list(views)}; views present: "
-            f"{_views_present(only_views)}")
-    return kept
+def _as_labels(raw: np.ndarray, indices) -> np.ndarray:
+    """Builder labels -> the reader's: int64 classes, or float32 [N, C] re-indexed to the merge."""
+    if indices is None:
+        return raw.astype(np.int64)
+    return raw.astype(np.float32)[:, list(indices)]
+
+
+def _as_dataset(builder, spec: str, decoders, ordered: bool) -> tf.data.Dataset:
+    # One file at a time gives the file order that record numbers refer to.
+    read_config = tfds.ReadConfig(interleave_cycle_length=1) if ordered else tfds.ReadConfig()
+    return builder.as_dataset(split=spec, shuffle_files=False, decoders=decoders, read_config=read_config)
+
+
+def _spec(ranges, first: int, stop: int) -> str:
+    """The TFDS split spec of records [first, stop) of the concatenated `ranges`."""
+    pieces, offset = [], 0
+    for name, lo, hi in ranges:
+        a, b = max(first - offset, 0), min(stop - offset, hi - lo)
+        if a < b:
+            pieces.append(f"{name}[{lo + a}:{lo + b}]")
+        offset += hi - lo
+    return "+".join(pieces)
+
+
+def _read_part(part: _Part, lo: int, hi: int, ordered: bool) -> tf.data.Dataset:
+    """Kept examples [lo, hi) of one part, reading only records [kept[lo], kept[hi - 1]]."""
+    first, stop = (lo, hi) if part.kept is None else (int(part.kept[lo]), int(part.kept[hi - 1]) + 1)
+    examples = _as_dataset(part.builder, _spec(part.ranges, first, stop),
+                           {"image": tfds.decode.SkipDecoding()}, ordered)
+    return select(examples, views=part.views, indices=part.indices)
+
+
+def _pass(part_builder, ranges, keys, total: int) -> dict[str, np.ndarray]:
+    """One pass over the `keys` features of every record (no image), as numpy arrays."""
+    ds = _as_dataset(part_builder, _spec(ranges, 0, total), tfds.decode.PartialDecoding({k: True for k in keys}), True)
+    batches = list(ds.batch(_PASS_BATCH).as_numpy_iterator())
+    return {k: np.concatenate([b[k] for b in batches]) for k in keys} if batches else None
+
+
+def _labels_pass(part: _Part) -> np.ndarray:
+    total = sum(hi - lo for _, lo, hi in part.ranges)
+    key = _label_key(part.indices)
+    columns = _pass(part.builder, part.ranges, [key], total)
+    if columns is None:
+        width = [0] if part.indices is None else [0, len(part.indices)]
+        return np.zeros(width, np.int64 if part.indices is None else np.float32)
+    return _as_labels(columns[key], part.indices)
+
+
+def _open_part(builder, name: str, split: str, views, indices) -> _Part:
+    """A `_Part`; with a view filter, one pass over views and labels finds the kept records and
+    their labels together."""
+    splits = builder.info.splits
+    ranges = tuple((i.splitname, i.from_ or 0, splits[i.splitname].num_examples if i.to is None else i.to)
+                   for i in tfds.core.ReadInstruction.from_spec(split).to_absolute(splits))
+    total = sum(hi - lo for _, lo, hi in ranges)
+    kept = labels = None
+    count = total
+    if views is not None:
+        key = _label_key(indices)
+        columns = _pass(builder, ranges, ["view", key], total)
+        present = np.zeros([0], object) if columns is None else columns["view"]
+        mask = np.isin(present, [v.encode() for v in views])
+        kept = np.flatnonzero(mask)
+        count = len(kept)
+        if count == 0:
+            found = sorted({v.decode("utf-8", "replace") for v in present})
+            raise ValueError(f"{name} split {split!r}: no example has a view in {list(views)}; views present: {found}")
+        labels = _as_labels(columns[key][mask], indices)
+    split_bytes = sum(builder.info.splits[n].num_bytes for n, _, _ in ranges)
+    split_examples = sum(builder.info.splits[n].num_examples for n, _, _ in ranges)
+    per_example = split_bytes / split_examples if split_bytes > 0 and split_examples > 0 else None
+    return _Part(builder=builder, ranges=ranges, views=views, indices=indices, kept=kept, labels=labels,
+                 num_examples=count, bytes_per_example=per_example)
 
 
 def read(names: Sequence[str], split: str, *, data_dir: str | None = None,
          views: Sequence[str] | None = None, label_set: str = "intersection",
          builder_config: str = "512") -> XraySource:
     """Read one X-ray source, or the union of several, as encoded images and labels.
+
+    Examples are in each builder's file order, the sources concatenated. Only the view pass
+    (when a view filter applies) reads the split before use; it collects the labels too.
 
     Args:
       names: builder names from `XRAY_DATASETS`; several multi-label sources are merged.
@@ -370,7 +438,7 @@ def read(names: Sequence[str], split: str, *, data_dir: str | None = None,
     indices = label_indices(order, label_set)
     multilabel = order[0] in MULTILABEL_SOURCES
 
-    datasets, total = [], 0
+    parts = []
     for name in order:
         builder = _load_builder(name, data_dir, builder_config)
         stored = _builder_label_names(builder, name)
@@ -378,15 +446,15 @@ def read(names: Sequence[str], split: str, *, data_dir: str | None = None,
             raise ValueError(f"{name}: the builder's label names {stored} differ from the "
                              f"reference order {list(SOURCE_LABEL_NAMES[name])}")
         source_split = resolve_split(name, split, list(builder.info.splits.keys()))
-        total += _count_kept(builder, name, source_split, views)
-        examples = builder.as_dataset(
-            split=source_split, shuffle_files=False,
-            decoders={"image": tfds.decode.SkipDecoding()})
-        datasets.append(
-            select(examples, views=views, indices=indices[name] if multilabel else None))
-    dataset = functools.reduce(lambda a, b: a.concatenate(b), datasets)
-    return XraySource(dataset=dataset, label_names=merged_names, multilabel=multilabel,
-                      num_examples=total)
+        parts.append(_open_part(builder, name, source_split, views,
+                                tuple(indices[name]) if multilabel else None))
+    total = sum(p.num_examples for p in parts)
+    sizes = [p.bytes_per_example * p.num_examples for p in parts if p.bytes_per_example is not None]
+    per_example = sum(sizes) / total if len(sizes) == len(parts) and total else None
+    source = XraySource(dataset=None, label_names=merged_names, multilabel=multilabel, num_examples=total,
+                        bytes_per_example=per_example, parts=parts)
+    source.dataset = source.read_range(0, total)
+    return source
 
 
 # ----------------------------------------------------------------------------- preprocessing

@@ -119,7 +119,16 @@ def test_schema_defaults_cover_every_field_the_pipeline_reads():
 def test_pretrain_probe_targets():
     c = PRETRAIN.get_config("source=chexpert,probe=tuberculosis+cifar10")
     assert sorted(c.probe.targets) == ["cifar10", "tuberculosis"]
-    assert c.probe.targets.tuberculosis.name == "tuberculosis_cxr"
+    assert c.probe.targets.tuberculosis.data.name == "tuberculosis_cxr"
+    # Each target brings its own preprocessing: an X-ray run probes CIFAR-10 with the BiT eval
+    # transform (not the run's pp.kind 'xray'), and an ImageNet run probes X-rays the same way.
+    assert c.pp.kind == "xray"
+    for target in c.probe.targets.values():
+        assert (target.pp.kind, target.pp.crop) == ("bit", 224) and "norm" not in target.pp
+    cifar = c.probe.targets.cifar10.data
+    assert (cifar.train_split, dict(cifar.eval_splits)) == ("train[:5000]", {"test": "test[:2000]"})
+    natural = PRETRAIN.get_config("source=imagenet1k,probe=tuberculosis")
+    assert natural.pp.kind == "inception" and natural.probe.targets.tuberculosis.pp.kind == "bit"
 
 
 @pytest.mark.parametrize("field,text,expected", [

@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from input_pipeline import datasets as xray_datasets
+from input_pipeline import registry
 from input_pipeline.datasets import _common, fixtures
 
 from xray_helpers import load as _load
@@ -269,7 +270,10 @@ def test_registration_constants_and_default_config(tmp_path):
         builder = tfds.builder(name, data_dir=tmp_path)  # no config given
         assert builder.builder_config.name == "512"
         assert builder.builder_config.size == 512
-    assert xray_datasets.DEFAULT_VIEWS["padchest"] == ("PA", "AP", "AP Supine", "L", "COSTAL")
-    assert xray_datasets.DEFAULT_VIEWS["chexpert_v1"] == ("PA", "AP")
-    assert xray_datasets.LABEL_NAMES["tuberculosis_cxr"] == ("normal", "tuberculosis")
-    assert len(xray_datasets.LABEL_NAMES["padchest"]) == 27
+    assert sorted(xray_datasets.BUILDERS) == sorted(registry.XRAY_DATASETS)
+    assert registry.DATASETS["padchest"].views == ("PA", "AP", "AP Supine", "L", "COSTAL")
+    assert registry.DATASETS["chexpert_v1"].views == ("PA", "AP")
+    # The reference reads every Tuberculosis image (transfer_learning/datasets/tuberculosis.py).
+    assert registry.DATASETS["tuberculosis_cxr"].views is None
+    assert registry.DATASETS["tuberculosis_cxr"].label_names == ("normal", "tuberculosis")
+    assert len(registry.DATASETS["padchest"].label_names) == 27

@@ -25,17 +25,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from input_pipeline import imaging
+from input_pipeline import imaging, registry
 from input_pipeline.errors import UserError
 
 VERSION = tfds.core.Version("1.0.0")
 RELEASE_NOTES = {"1.0.0": "First release."}
 DEFAULT_CONFIG = "512"
-
-# The reference's view lists (builder.py: configs without `views` get PA/AP;
-# the PadChest configs and the 4-way merge list five views).
-VIEWS_PA_AP = ("PA", "AP")
-VIEWS_FIVE = ("PA", "AP", "AP Supine", "L", "COSTAL")
 
 # Split key for rows left out before any split was assigned to them.
 UNASSIGNED = "unassigned"
@@ -247,7 +242,9 @@ def _iter_results(tasks: Sequence[imaging.ImageTask], pool, window: int) -> Iter
 class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base class: a manual-download X-ray dataset stored as grayscale PNG examples.
 
-    Subclasses set the class attributes below and implement `_read_records`.
+    Subclasses set the class attributes below and implement `_read_records`; label names,
+    single/multi-label and default views come from the builder's `input_pipeline.registry`
+    record.
     Builder options (also accepted by `tfds.builder(name, **kwargs)`):
       skip_corrupt: leave out unreadable or missing images and count them
         (default: stop with an error naming the file).
@@ -259,9 +256,6 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     DEFAULT_BUILDER_CONFIG_NAME = DEFAULT_CONFIG
     BITS = 8
     CHANNEL_RULE = "bgr0"
-    LABEL_NAMES: Optional[tuple] = None  # multi-label sets
-    CLASS_NAMES: Optional[tuple] = None  # single-label sets
-    DEFAULT_VIEWS: tuple = VIEWS_PA_AP
     DESCRIPTION = ""
     HOMEPAGE = ""
     CITATION = ""
@@ -293,15 +287,13 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             "view": tfds.features.Text(),
             "patient_id": tfds.features.Text(),
         }
-        metadata = {"default_views": list(self.DEFAULT_VIEWS), "kept": {}, "dropped": {}}
-        if self.LABEL_NAMES is not None:
-            features["labels"] = tfds.features.Tensor(
-                shape=(len(self.LABEL_NAMES),), dtype=np.float32
-            )
-            metadata["label_names"] = list(self.LABEL_NAMES)
-        if self.CLASS_NAMES is not None:
-            features["label"] = tfds.features.ClassLabel(names=list(self.CLASS_NAMES))
-            metadata["label_names"] = list(self.CLASS_NAMES)
+        record = registry.DATASETS[self.name]
+        metadata = {"default_views": list(record.views or ()), "kept": {}, "dropped": {},
+                    "label_names": list(record.label_names)}
+        if record.multilabel:
+            features["labels"] = tfds.features.Tensor(shape=(len(record.label_names),), dtype=np.float32)
+        else:
+            features["label"] = tfds.features.ClassLabel(names=list(record.label_names))
         features.update(self._extra_features())
         return self.dataset_info_from_configs(
             description=self.DESCRIPTION,

@@ -18,18 +18,15 @@ import math
 import os
 import re
 
+from input_pipeline import registry
 from input_pipeline.datasets import _common
 
 NAME = "chexpert_v1"
 CSV_FILES = {"train": "train.csv", "validation": "valid.csv"}
-OBSERVATIONS = (
-    "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-    "Pleural Other", "Fracture", "Support Devices",
-)
-# CSV column of each label, in label order (sorted, then renamed in place).
-LABEL_COLUMNS = tuple(sorted(OBSERVATIONS))
-LABEL_NAMES = tuple("Effusion" if c == "Pleural Effusion" else c for c in LABEL_COLUMNS)
+LABEL_NAMES = registry.DATASETS[NAME].label_names
+# CSV column of each label, in label order (the reference sorts the CSV's observations, then
+# renames "Pleural Effusion" to "Effusion" in place).
+LABEL_COLUMNS = tuple("Pleural Effusion" if n == "Effusion" else n for n in LABEL_NAMES)
 PATH_PREFIXES = ("CheXpert-v1.0/", "CheXpert-v1.0-small/")
 REQUIRED_COLUMNS = ("Path", "Frontal/Lateral", "AP/PA", "No Finding") + LABEL_COLUMNS
 
@@ -111,7 +108,6 @@ class ChexpertV1(_common.XrayBuilder):
 
     BUILDER_CONFIGS = _common.make_configs(square_crop=True)
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-    LABEL_NAMES = LABEL_NAMES
     DESCRIPTION = (
         "CheXpert v1.0 (Irvin et al. 2019): chest radiographs with 13 observations labelled "
         "from reports. labels: float32[13], NaN = uncertain (-1) or not mentioned."

@@ -22,14 +22,14 @@ import os
 
 import tensorflow_datasets as tfds
 
+from input_pipeline import registry
 from input_pipeline.datasets import _common
 
 NAME = "covidx_cxr2"
 SPLIT_FILES = {"train": "train.txt", "test": "test.txt"}
 SPLIT_DIRS = {"train": "train", "test": "test"}
-CLASS_NAMES = ("negative", "positive")
+CLASS_NAMES = registry.DATASETS[NAME].label_names
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-DEFAULT_VIEWS = ()  # no view information: the pipeline keeps every image
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download COVIDx CXR-2 from Kaggle (https://www.kaggle.com/datasets/andyczhao/covidx-cxr2,
@@ -103,8 +103,6 @@ class CovidxCxr2(_common.XrayBuilder):
     BUILDER_CONFIGS = _common.make_configs(square_crop=False)
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     CHANNEL_RULE = "luminance"
-    CLASS_NAMES = CLASS_NAMES
-    DEFAULT_VIEWS = DEFAULT_VIEWS
     DESCRIPTION = (
         "COVIDx CXR-2 (Pavlova et al. 2021): chest radiographs labelled COVID-19 positive or "
         "negative. label: ClassLabel(negative, positive); source: the originating collection."

@@ -20,6 +20,7 @@ import os
 
 from absl import logging
 
+from input_pipeline import registry
 from input_pipeline.datasets import _common, chexpert
 
 NAME = "mimic_cxr_jpg"
@@ -27,7 +28,7 @@ LABEL_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
 METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
 LABEL_COLUMNS = chexpert.LABEL_COLUMNS
-LABEL_NAMES = chexpert.LABEL_NAMES
+LABEL_NAMES = registry.DATASETS[NAME].label_names
 SPLIT_NAMES = {"train": "train", "validate": "validation", "test": "test"}
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -122,7 +123,6 @@ class MimicCxrJpg(_common.XrayBuilder):
 
     BUILDER_CONFIGS = _common.make_configs(square_crop=True)
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-    LABEL_NAMES = LABEL_NAMES
     DESCRIPTION = (
         "MIMIC-CXR-JPG 2.0.0 (Johnson et al. 2019): chest radiographs with the CheXpert "
         "labeller's 13 labels per study. labels: float32[13], NaN = uncertain or not mentioned."

@@ -16,6 +16,7 @@ import os
 
 from absl import logging
 
+from input_pipeline import registry
 from input_pipeline.datasets import _common
 
 NAME = "nih_chest_xray14"
@@ -23,11 +24,7 @@ DATA_ENTRY_FILE = "Data_Entry_2017_v2020.csv"
 BBOX_FILE = "BBox_List_2017.csv"
 SPLIT_FILES = {"train": "train_val_list.txt", "test": "test_list.txt"}
 IMAGE_DIR = "images"
-LABEL_NAMES = tuple(sorted((
-    "Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema", "Emphysema",
-    "Fibrosis", "Effusion", "Pneumonia", "Pleural_Thickening", "Cardiomegaly", "Nodule",
-    "Mass", "Hernia",
-)))
+LABEL_NAMES = registry.DATASETS[NAME].label_names
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -100,7 +97,6 @@ class NihChestXray14(_common.XrayBuilder):
 
     BUILDER_CONFIGS = _common.make_configs(square_crop=True)
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-    LABEL_NAMES = LABEL_NAMES
     DESCRIPTION = (
         "NIH ChestX-ray14 (Wang et al. 2017): 112,120 frontal chest radiographs with 14 "
         "text-mined labels. labels: float32[14] of 0/1. Splits: train = train_val_list.txt, "

@@ -25,18 +25,12 @@ import os
 
 import numpy as np
 
+from input_pipeline import registry
 from input_pipeline.datasets import _common
 
 NAME = "padchest"
 CSV_FILE = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
-LABEL_NAMES = tuple(sorted((
-    "Atelectasis", "Consolidation", "Infiltration", "Pneumothorax", "Edema", "Emphysema",
-    "Fibrosis", "Effusion", "Pneumonia", "Pleural_Thickening", "Cardiomegaly", "Nodule", "Mass",
-    "Hernia", "Fracture", "Granuloma", "Flattened Diaphragm", "Bronchiectasis",
-    "Aortic Elongation", "Scoliosis", "Hilar Enlargement", "Support Devices", "Tuberculosis",
-    "Air Trapping", "Costophrenic Angle Blunting", "Aortic Atheromatosis",
-    "Hemidiaphragm Elevation",
-)))
+LABEL_NAMES = registry.DATASETS[NAME].label_names
 SYNONYMS = {
     "Infiltration": ("infiltrates", "interstitial pattern", "ground glass pattern",
                      "reticular interstitial pattern", "reticulonodular interstitial pattern",
@@ -47,9 +41,8 @@ SYNONYMS = {
     "Support Devices": ("device", "pacemaker"),
 }
 VIEW_RENAMES = {"AP_horizontal": "AP Supine"}
-DEFAULT_VIEWS = _common.VIEWS_FIVE
 # The population the reference splits is fixed by its PadChest configs' view list.
-SPLIT_VIEWS = _common.VIEWS_FIVE
+SPLIT_VIEWS = registry.DATASETS[NAME].views
 SPLIT_SEED = 42
 TRAIN_FRACTION = 0.9
 # pandas.read_csv's default missing-value spellings (how the reference finds NaN Labels).
@@ -178,8 +171,6 @@ class Padchest(_common.XrayBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BITS = 16
     CHANNEL_RULE = "rgb0"
-    LABEL_NAMES = LABEL_NAMES
-    DEFAULT_VIEWS = DEFAULT_VIEWS
     DESCRIPTION = (
         "PadChest (Bustos et al. 2020): chest radiographs with labels mined from reports, "
         "27 of them as in the reference. image: uint16 (16-bit range kept). labels: "

@@ -19,12 +19,6 @@ BUILDERS = {
     "covidx_cxr2": covidx.CovidxCxr2,
     "tuberculosis_cxr": tuberculosis.TuberculosisCxr,
 }
-# The reference's default view list per dataset (the pipeline filters with these).
-DEFAULT_VIEWS = {name: tuple(cls.DEFAULT_VIEWS) for name, cls in BUILDERS.items()}
-LABEL_NAMES = {
-    name: tuple(cls.LABEL_NAMES if cls.LABEL_NAMES is not None else cls.CLASS_NAMES)
-    for name, cls in BUILDERS.items()
-}
 
 
 def builder_class(name: str):

@@ -7,7 +7,8 @@ of tuberculosis_full.yaml):
 - Each folder separately: sorted(glob("*.png")), shuffled with a fresh
   np.random.RandomState(42), first int(0.85 n) -> `train`, rest -> `test`;
   the splits concatenate Shenzhen then Montgomery. Image-level split.
-- view "PA" (both collections are PA); patient_id = file stem without the label
+- view "PA" (both collections are PA; the reference filters no view, nor does the
+  registry record); patient_id = file stem without the label
   suffix (each patient has one image).
 An RGB file is reduced to one plane by luminance; the `512`/`224` configs keep
 the aspect ratio (see covidx.py for why).
@@ -28,8 +29,6 @@ FOLDERS = (
     ("shenzhen", "ChinaSet_AllFiles/ChinaSet_AllFiles/CXR_png"),
     ("montgomery", "Montgomery/MontgomerySet/CXR_png"),
 )
-CLASS_NAMES = ("normal", "tuberculosis")
-DEFAULT_VIEWS = ("PA",)
 SPLIT_SEED = 42
 TRAIN_FRACTION = 0.85
 
@@ -88,8 +87,6 @@ class TuberculosisCxr(_common.XrayBuilder):
     BUILDER_CONFIGS = _common.make_configs(square_crop=False)
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     CHANNEL_RULE = "luminance"
-    CLASS_NAMES = CLASS_NAMES
-    DEFAULT_VIEWS = DEFAULT_VIEWS
     DESCRIPTION = (
         "Shenzhen (662) and Montgomery County (138) chest X-ray sets (Jaeger et al. 2014): "
         "label: ClassLabel(normal, tuberculosis). Splits: the reference's per-folder "
