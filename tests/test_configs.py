@@ -172,7 +172,7 @@ def test_load_runs_a_config_file_with_its_argument():
     assert (c.data.name, c.data.shots) == ("oxford_iiit_pet", 5)
     assert experiment.load(os.path.join(REPO, "configs", "demo.py")).data.name == "chexpert_v1"
     with pytest.raises(experiment.UserError, match="no config file .*; .* holds demo.py, "
-                                                   "pretrain.py, transfer.py"):
+                                                   "grid.py, pretrain.py, transfer.py"):
         experiment.load(os.path.join(REPO, "configs", "transfr.py:target=pets"))
 
 
