@@ -92,7 +92,15 @@ def architecture(name: str) -> Architecture:
 
 
 def standardize(kernel: Array, eps: float = WS_EPSILON) -> Array:
-    """Weight standardisation: zero mean, unit variance per output filter (last axis, HWIO)."""
+    """Weight standardisation: zero mean, unit variance per output filter (last axis, HWIO).
+
+    Its ops carry the name ``weight_standardization`` in compiled programs (profiles, tests).
+    """
+    with jax.named_scope("weight_standardization"):
+        return _standardize(kernel, eps)
+
+
+def _standardize(kernel: Array, eps: float) -> Array:
     flat = kernel.astype(jnp.float32).reshape(-1, kernel.shape[-1])
     # The per-filter means are written as (1, N) @ (N, O) products: XLA:CPU compiles the
     # equivalent column reductions (and their gradients) into slow strided loops, which made
