@@ -148,7 +148,7 @@ def largest_batch(compile_at, limit_bytes: float, *, probe: int, multiple: int, 
     while batch >= multiple and _program_bytes(compile_at(batch).memory_analysis()) > budget:
         batch = int(batch * 0.9) // multiple * multiple
     if batch < multiple:
-        raise SystemExit(f"not even a batch of {multiple} fits in {limit_bytes / 2**30:.1f} GiB")
+        raise SystemExit(f"not even a batch of {multiple} fits in {limit_bytes / 2**30:.2f} GiB")
     return batch
 
 
