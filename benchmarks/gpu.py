@@ -10,8 +10,9 @@ Rows (bfloat16, SGD + AGC, the loop's compiled step; see train_step.py):
 - BiT-R152x4 train at 224 px and fine-tune at 480 px with remat (batch 16, the goal per
   80 GB GPU), with peak memory and the largest batch XLA's memory analysis predicts.
 
-Each row runs ``train_step.py`` in its own process (a fresh device: peak memory is the row's,
-an out-of-memory error costs only that row) under what is left of ``--budget_s`` (default 480 s);
+Each row runs ``train_step.py`` in its own processes, JAX first, then timm at the batch JAX
+ran (a fresh device each: peak memory is the row's and neither allocator holds memory the other
+needs; an out-of-memory error costs only that row), under what is left of ``--budget_s`` (480 s);
 a row that does not finish in time is listed as such. Compilations are cached on disk, so a
 second run spends its time on the rows. MFU uses the device's peak dense bfloat16 TFLOP/s
 (``--peak_tflops``, else looked up from the GPU's name).
@@ -49,7 +50,9 @@ ROWS = (
     ("BiT-R50x1 train 128 px", ["--model=BiT-S-R50x1", "--timm_model=resnetv2_50x1_bit",
                                 "--image_size=128", "--batch=max", *TIMM]),
 )
-COMMON = ["--dtype=bfloat16", "--steps=10", "--repeats=3", "--warmup=3"]
+COMMON = ["--dtype=bfloat16", "--steps=5", "--repeats=3", "--warmup=2"]
+# JAX takes 75% of GPU memory by default; the largest batch per GPU should see nearly all.
+JAX_ENV = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"}
 # CPU, tiny: the smallest BiT for every model, small images, one timed step, a made-up memory
 # size so that --batch=max searches, and no torch.compile.
 TOY = {"--model": "BiT-R14x0.5", "--image_size": {"224": "32", "480": "48", "128": "24"},
@@ -91,14 +94,18 @@ def peak_tflops(name: str) -> float:
     return next((tflops for key, tflops in PEAK_TFLOPS if key in name), 0.0)
 
 
-def run_row(args: list[str], timeout: float, out: str, log) -> dict:
-    """Runs one row's train_step.py (writing ``out``); returns its JSON or why it has none."""
+def _run(args: list[str], deadline: float, out: str, log) -> dict:
+    """Runs train_step.py (writing ``out``) until ``deadline``; its JSON or why it has none."""
+    timeout = deadline - time.perf_counter()
+    if timeout < 5:
+        return {"error": "not run: time budget spent"}
     cmd = [sys.executable, os.path.join(HERE, "train_step.py"), *args, f"--json={out}"]
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=max(timeout, 1))
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+                              env=dict(os.environ, **JAX_ENV))
     except subprocess.TimeoutExpired:
         return {"error": f"not finished in the time budget ({timeout:.0f} s left)"}
     wall = time.perf_counter() - start
@@ -106,6 +113,24 @@ def run_row(args: list[str], timeout: float, out: str, log) -> dict:
         return {"error": f"failed (exit {proc.returncode}, see the log)", "wall_s": wall}
     with open(out) as f:
         return dict(json.load(f), wall_s=wall)
+
+
+def run_row(args: list[str], deadline: float, workdir: str, log) -> dict:
+    """One row: the JAX side, then timm (if the row has it) in its own process at the batch
+    JAX ran, so that neither side's allocator holds memory the other needs."""
+    ours = _run([*args, "--only=jax"], deadline, os.path.join(workdir, "jax.json"), log)
+    has_timm = not any(a == "--timm_model=" for a in args)
+    if "error" in ours or not has_timm:
+        return ours
+    batch = ours["rows"][0]["batch"]
+    theirs = _run([*(a for a in args if not a.startswith("--batch=")), f"--batch={batch}",
+                   "--only=torch"], deadline, os.path.join(workdir, "torch.json"), log)
+    rows = ours["rows"] + theirs.get("rows", [])
+    for row in ours["rows"]:
+        peer = [r for r in theirs.get("rows", []) if r["kind"] == row["kind"]]
+        if peer:
+            row["ratio"] = row["images_per_s"] / peer[0]["images_per_s"]
+    return {"rows": rows, "timm_error": theirs.get("error")}
 
 
 def _fmt(value, spec):
@@ -127,7 +152,8 @@ def table(results: list[tuple[str, dict]]) -> str:
             if not ours:
                 continue
             o = ours[0]
-            t = (f"{theirs[0]['images_per_s']:.1f} ({theirs[0]['batch']})" if theirs else "")
+            t = (f"{theirs[0]['images_per_s']:.1f} ({theirs[0]['batch']})" if theirs
+                 else result.get("timm_error") or "")
             ratio = f"{o['ratio']:.2f}x" if o.get("ratio") else ""
             mfu = f"{o['mfu']:.1f}%" if o.get("mfu") is not None else "n/a"
             lines.append(
@@ -159,18 +185,16 @@ def main(argv=None) -> str:
             label, row_args = ROWS[i - 1]
             row_args = (toy_args(row_args) + TOY_COMMON if args.toy else row_args + COMMON
                         ) + ([f"--peak_tflops={peak}"] if peak else [])
-            left = args.budget_s - (time.perf_counter() - start)
-            if left < 5:
-                results.append((label, {"error": "not run: time budget spent"}))
-                continue
-            out = os.path.join(workdir, f"row{i}.json")
-            results.append((label, run_row(row_args, left, out, log)))
+            row_dir = os.path.join(workdir, f"row{i}")
+            os.makedirs(row_dir)
+            results.append((label, run_row(row_args, start + args.budget_s, row_dir, log)))
             print(f"{label}: {results[-1][1].get('error') or 'done'}", flush=True)
     header = (f"# GPU benchmark: {device}\n\n"
               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
               f"{platform.node()}, {time.perf_counter() - start:.0f} s in all; "
               f"MFU from XLA's cost analysis of the compiled step at {peak or 'unknown'} peak "
-              f"TFLOP/s; timm with AMP, channels-last, torch.compile; JAX compilation cache "
+              f"TFLOP/s; timm with AMP, channels-last{'' if args.toy else ', torch.compile'} in its own "
+              f"process at the JAX row's batch; JAX compilation cache "
               f"{env_cache}. Log: {args.out}.log\n\n")
     text = header + table(results)
     with open(args.out, "w") as f:

@@ -23,6 +23,9 @@ the largest batch XLA's memory analysis predicts to fit (see ``largest_batch``):
     python benchmarks/train_step.py --image_size=224 --batch=max --dtype=bfloat16 \\
         --torch_amp --channels_last --torch_compile --peak_tflops=989 --eval
 
+On a GPU, run the two sides in separate processes (``--only=jax``, then ``--only=torch`` at the
+batch JAX ran, as gpu.py does): JAX reserves most of the GPU's memory for itself.
+
 Needs only jax, flax, optax, numpy (and torch + timm for the timm rows).
 """
 
