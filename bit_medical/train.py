@@ -5,12 +5,12 @@
     tx     = SGD (+ AGC) as optax; lr from BiT-HyperRule or the pre-training schedule
     resume from the latest checkpoint, if any
     for each step:
-        state = train_step(state, batch, lr)                        jit over the device mesh
+        state = steps.train_step(state, batch, lr)                  jit over the device mesh
         log; every eval_every: evaluate (and the linear probe); every checkpoint_every: save
     final evaluation -> metrics, results.csv; params-only export
 
-``train_step``, ``eval_step`` and ``features_step`` are module-level functions so that tests,
-benchmarks and colabs can use them directly.
+The compiled steps (``train_step``, ``eval_step``, ``features_step``) and the functions that
+jit them as this loop does live in ``bit_medical.steps``, which benchmarks import alone.
 """
 
 from __future__ import annotations
@@ -23,135 +23,25 @@ import signal
 import time
 from typing import Any, Callable, Iterable
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from clu import metric_writers, parameter_overview, periodic_actions
 
 import input_pipeline
-from bit_medical import checkpoint, experiment, fewshot, hyperrule, losses, metrics, optim, parallel, paths, results
+from bit_medical import checkpoint, experiment, fewshot, hyperrule, metrics, optim, parallel, paths, results, steps
 from bit_medical.models import bit, export, pretrained
 from input_pipeline.fewshot import k_shot_indices
 
 SCHEDULE_KINDS = ("hyperrule", "step", "cosine")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    # The first step (counted from 1, as logged) whose loss or gradients were not finite; -1
-    # while all were. Such steps leave params unchanged, and the host stops the run.
-    nonfinite_step: jax.Array
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or inf loss; the last good checkpoint is kept."""
 
 
-# ----------------------------------------------------------------------------- steps
-
-
-def train_step(state: TrainState, batch: dict, lr: jax.Array, mixup_lambda: jax.Array,
-               rng: jax.Array, *, model: bit.BiT, tx: optax.GradientTransformation,
-               norm: str = "bit", mixup_alpha: float = 0.0, batch_split: int = 1
-               ) -> tuple[TrainState, dict]:
-    """One optimiser update on a global batch; ``batch_split`` micro-batches accumulate.
-
-    ``tx`` has a unit learning rate (see ``make_optimizer``); ``lr`` scales its update here,
-    which for SGD equals PyTorch's ``p -= lr * step``. The step's mixup coefficient (one per
-    optimiser step, shared by its micro-batches, as in the reference) also comes from the host
-    (``mixup_lambda``, see ``mixup_lambdas``). Both keep the compiled step independent of the
-    schedule, so runs that differ only in it share one compilation (and Beta sampling, slow to
-    compile, stays out of the graph). ``norm`` turns uint8 images into model inputs on device.
-    """
-    batch = dict(batch, image=input_pipeline.model_input(batch["image"], norm))
-    step_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params, micro, micro_rng):
-        if mixup_alpha > 0:
-            mixed = losses.mixup(micro_rng, micro, mixup_alpha, model.num_classes,
-                                 lam=mixup_lambda)
-            logits = model.apply({"params": params}, mixed["image"])
-            return losses.mixup_loss(logits, mixed["label_a"], mixed["label_b"], mixed["lam"])
-        return losses.classification_loss(model.apply({"params": params}, micro["image"]),
-                                          micro["label"])
-
-    grad_fn = jax.value_and_grad(loss_fn)
-    if batch_split == 1:
-        loss, grads = grad_fn(state.params, batch, step_rng)
-    else:
-        # Micro-batch i takes rows i, i + k, i + 2k, ...: every device keeps an equal share of
-        # each micro-batch under the batch sharding.
-        micro_batches = jax.tree_util.tree_map(
-            lambda x: jnp.swapaxes(x.reshape((-1, batch_split) + x.shape[1:]), 0, 1), batch)
-
-        def accumulate(carry, xs):
-            micro, i = xs
-            loss, grads = grad_fn(state.params, micro, jax.random.fold_in(step_rng, i))
-            return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
-
-        zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, state.params))
-        total, _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(batch_split)))
-        loss, grads = jax.tree_util.tree_map(lambda x: x / batch_split, total)
-
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree_util.tree_map(lambda p, u: p + lr * u, state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = functools.partial(jax.tree_util.tree_map, lambda new, old: jnp.where(finite, new, old))
-    new_state = TrainState(
-        step=state.step + 1,
-        params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
-        nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step + 1,
-                                 state.nonfinite_step),
-    )
-    step_metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr,
-                    "param_norm": optax.tree.norm(params),
-                    "update_norm": lr * optax.tree.norm(updates)}
-    return new_state, step_metrics
-
-
-def eval_step(params: Any, batch: dict, *, model: bit.BiT, multilabel: bool,
-              norm: str = "bit") -> dict:
-    """Probabilities (softmax, or sigmoid for multi-label) and the masked loss of a batch."""
-    images = input_pipeline.model_input(batch["image"], norm)
-    logits = model.apply({"params": params}, images).astype(jnp.float32)
-    probs = jax.nn.sigmoid(logits) if multilabel else jax.nn.softmax(logits)
-    loss = losses.classification_loss(logits, batch["label"], mask=batch["mask"])
-    return {"probs": probs, "label": batch["label"], "mask": batch["mask"], "loss": loss}
-
-
-def features_step(params: Any, batch: dict, *, model: bit.BiT, norm: str = "bit") -> dict:
-    """Pre-logit features of a batch (for the linear probe)."""
-    images = input_pipeline.model_input(batch["image"], norm)
-    feats = model.apply({"params": params}, images, pre_logits=True)
-    return {"features": feats, "label": batch["label"], "mask": batch["mask"]}
-
-
-def mixup_lambdas(alpha: float, seed: int) -> Callable[[int], np.float32]:
-    """The mixup coefficient of each step: Beta(alpha, alpha), a pure function of (seed, step)."""
-    def draw(step: int) -> np.float32:
-        return np.float32(np.random.default_rng([seed, step]).beta(alpha, alpha))
-    return draw
-
-
 # ----------------------------------------------------------------------------- set-up
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The config's optimiser with a unit learning rate (``train_step`` applies the lr)."""
-    o = config.optim
-    kwargs = dict(momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
-    if o.name == "sgd_agc":
-        kwargs.update(clipping=o.clipping, eps=o.eps, unclipped=tuple(o.unclipped))
-    return optim.get_optimizer(o.name, 1.0, **kwargs)
 
 
 def make_schedule(config: ml_collections.ConfigDict, train_size: int
@@ -192,7 +82,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.model:
         experiment.choice("model", config.model, bit.VARIANTS)
     experiment.choice("head_init", config.head_init, bit.HEAD_INITS)
-    experiment.choice("dtype", config.dtype, DTYPES)
+    experiment.choice("dtype", config.dtype, steps.DTYPES)
     experiment.choice("schedule.kind", config.schedule.kind, SCHEDULE_KINDS)
     experiment.choice("optim.name", config.optim.name, optim.OPTIMIZERS)
 
@@ -257,7 +147,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, *, load_wei
     Without pre-trained weights (training from scratch, or resuming, where the checkpoint
     holds them) only the architecture is read.
     """
-    options = dict(head_init=config.head_init, dtype=DTYPES[config.dtype], remat=config.remat)
+    options = dict(head_init=config.head_init, dtype=steps.DTYPES[config.dtype], remat=config.remat)
     if config.pretrained and load_weights:
         model, variables = pretrained.load_model(config.pretrained, num_classes,
                                                  seed=config.seed, **options)
@@ -268,24 +158,6 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, *, load_wei
     return bit.create_model(config.model, num_classes, **options), None
 
 
-def _fresh_state(tx: optax.GradientTransformation, params: Any) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      nonfinite_step=jnp.full((), -1, jnp.int32))
-
-
-def _state_layout(model: bit.BiT, tx, mesh, image_size) -> tuple[Any, Any]:
-    """The train state's shapes (with shardings, the target of a restore) and shardings.
-
-    Derived from shapes alone, so nothing large is materialised on a single device.
-    """
-    param_shapes = bit.param_shapes(model, image_size=min(image_size))
-    shapes = jax.eval_shape(functools.partial(_fresh_state, tx), param_shapes)
-    shardings = parallel.state_sharding(mesh, shapes)
-    abstract = jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    return abstract, shardings
-
-
 def _init_params(model: bit.BiT, seed: int, image_size, sharding) -> Any:
     images = jnp.zeros((1, *image_size, 3), jnp.float32)
     init = jax.jit(lambda key: model.init(key, images)["params"], out_shardings=sharding)
@@ -293,6 +165,15 @@ def _init_params(model: bit.BiT, seed: int, image_size, sharding) -> Any:
 
 
 # ----------------------------------------------------------------------------- evaluation
+
+
+def _run_and_gather(step_fn: Callable, params: Any, batches: Iterable[dict], sharding) -> list[dict]:
+    """Host copies of ``step_fn``'s outputs on every batch, gathered once after the last batch.
+
+    The device runs the batches back to back: nothing waits for a result until all are queued.
+    """
+    return parallel.to_host([step_fn(params, parallel.global_batch(local, sharding))
+                             for local in batches])
 
 
 def _stack(outputs: list[dict]) -> dict:
@@ -305,23 +186,19 @@ def _stack(outputs: list[dict]) -> dict:
 def evaluate(eval_fn: Callable, params: Any, batches: Iterable[dict], sharding, *,
              multilabel: bool) -> dict[str, float]:
     """Metrics over one pass of an eval split (every example once, padding masked out)."""
-    outputs, loss_sum, count = [], 0.0, 0
-    for local in batches:
-        out = parallel.to_host(eval_fn(params, parallel.global_batch(local, sharding)))
-        n = int(out["mask"].sum())
-        loss_sum, count = loss_sum + float(out["loss"]) * n, count + n
-        outputs.append(out)
-    if not count:
+    outputs = _run_and_gather(eval_fn, params, batches, sharding)
+    counts = [float(o["mask"].sum()) for o in outputs]
+    if not sum(counts):
         raise ValueError("The eval split is empty")
     host = _stack(outputs)
     result = metrics.compute(host["label"], host["probs"], multilabel=multilabel)
-    result["loss"] = loss_sum / count
+    # Each batch's loss is the mean over its real rows.
+    result["loss"] = sum(float(o["loss"]) * n for o, n in zip(outputs, counts)) / sum(counts)
     return result
 
 
 def _features(features_fn, params, batches, sharding) -> tuple[np.ndarray, np.ndarray]:
-    host = _stack([parallel.to_host(features_fn(params, parallel.global_batch(b, sharding)))
-                   for b in batches])
+    host = _stack(_run_and_gather(features_fn, params, batches, sharding))
     return host["features"], host["label"]
 
 
@@ -423,11 +300,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     info = data.info
     model, params = build_model(config, info.num_classes, load_weights=start == 0)
     lr_fn, total_steps, mixup_alpha = make_schedule(config, info.train_size)
-    tx = make_optimizer(config)
+    tx = steps.make_optimizer(config.optim)
     logging.info("%s: %d classes, %d training examples, %d steps, mixup %.2f", config.data.name,
                  info.num_classes, info.train_size, total_steps, mixup_alpha)
 
-    abstract_state, state_shardings = _state_layout(model, tx, mesh, info.image_size)
+    abstract_state, state_shardings = steps.state_layout(model, tx, mesh, info.image_size)
     if start:
         restored, state = checkpoint.restore_latest(mgr, abstract_state)
         if restored != start:  # the latest was unreadable: the data stream restarts earlier
@@ -437,21 +314,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     else:
         if params is None:
             params = _init_params(model, config.seed, info.image_size, state_shardings.params)
-        state = jax.jit(functools.partial(_fresh_state, tx), out_shardings=state_shardings)(params)
+        state = jax.jit(functools.partial(steps.fresh_state, tx), out_shardings=state_shardings)(params)
     # Every process joins: the statistics of parameters sharded over hosts are collectives.
     parameter_overview.log_parameter_overview(state.params, include_stats="global",
                                               jax_logging_process=0)
 
     rng = jax.random.key(config.seed)
-    lam_fn = mixup_lambdas(mixup_alpha, config.seed) if mixup_alpha > 0 else lambda _: 1.0
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, norm=config.pp.norm,
-                          mixup_alpha=mixup_alpha, batch_split=config.batch_split),
-        in_shardings=(state_shardings, batch_sharding, None, None, None),
-        out_shardings=(state_shardings, None), donate_argnums=0)
-    eval_fn = jax.jit(functools.partial(eval_step, model=model, multilabel=info.multilabel,
-                                        norm=config.pp.norm))
-    features_fn = jax.jit(functools.partial(features_step, model=model, norm=config.pp.norm))
+    lam_fn = steps.mixup_lambdas(mixup_alpha, config.seed) if mixup_alpha > 0 else lambda _: 1.0
+    step_fn = steps.jit_train_step(model, tx, state_shardings, batch_sharding, norm=config.pp.norm,
+                                   mixup_alpha=mixup_alpha, batch_split=config.batch_split)
+    eval_fn = steps.jit_eval_step(model, multilabel=info.multilabel, norm=config.pp.norm)
+    features_fn = steps.jit_features_step(model, norm=config.pp.norm)
     probes = _probe_datasets(config) if config.probe.targets else {}
 
     tag = pretrained_model_tag(config, model.architecture)
@@ -463,8 +336,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_iter = iter(data.train)
     with _Preemption() as preemption:
         for step in range(start, total_steps):
+            # Between log steps nothing here waits for the device or copies from it
+            # (tests/test_host_transfers.py).
             batch = parallel.global_batch(next(train_iter), batch_sharding)
-            state, step_metrics = step_fn(state, batch, lr_fn(step), lam_fn(step), rng)
+            state, step_metrics = step_fn(state, batch, *steps.step_scalars(lr_fn, lam_fn, step), rng)
             pending.append(step_metrics)
             done = step + 1
             progress(done)
@@ -504,7 +379,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return final
 
 
-def _check_finite(state: TrainState) -> None:
+def _check_finite(state: steps.TrainState) -> None:
     bad = int(jax.device_get(state.nonfinite_step))
     if bad >= 0:
         raise NonFiniteLossError(
@@ -613,7 +488,7 @@ def restore_workdir(workdir: str):
     config = load_config(workdir)
     data = input_pipeline.get_datasets(config)
     model, _ = build_model(config, data.info.num_classes, load_weights=False)
-    abstract_state, _ = _state_layout(model, make_optimizer(config),
+    abstract_state, _ = steps.state_layout(model, steps.make_optimizer(config.optim),
                                       parallel.make_mesh(config.fsdp), data.info.image_size)
     mgr = checkpoint.manager(workdir, keep=config.keep_checkpoints)
     try:
@@ -632,8 +507,7 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict[str, dict]:
             raise experiment.UserError(f"unknown split {split!r}; this run evaluates on "
                                        f"{', '.join(sorted(splits))}")
         splits = {split: splits[split]}
-    eval_fn = jax.jit(functools.partial(eval_step, model=model, multilabel=data.info.multilabel,
-                                        norm=config.pp.norm))
+    eval_fn = steps.jit_eval_step(model, multilabel=data.info.multilabel, norm=config.pp.norm)
     sharding = parallel.batch_sharding(parallel.make_mesh(config.fsdp))
     return {name: evaluate(eval_fn, state.params, batches(), sharding,
                            multilabel=data.info.multilabel) for name, batches in splits.items()}

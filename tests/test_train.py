@@ -199,7 +199,7 @@ def test_batch_split_accumulates_to_the_full_batch_step():
 
     import jax
 
-    from bit_medical import experiment
+    from bit_medical import experiment, steps
     from bit_medical.models import bit
 
     model = bit.create_model("BiT-R14x0.5", 3)
@@ -207,12 +207,12 @@ def test_batch_split_accumulates_to_the_full_batch_step():
     batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
              "label": rng.integers(0, 3, 8).astype(np.int32)}
     params = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
-    tx = train.make_optimizer(experiment.base())
+    tx = steps.make_optimizer(experiment.base().optim)
     out = {}
     for split in (1, 4):
-        step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+        step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                          batch_split=split))
-        state = train._fresh_state(tx, params["params"])
+        state = steps.fresh_state(tx, params["params"])
         for _ in range(2):
             state, metrics = step(state, batch, 0.1, 1.0, jax.random.key(1))
         out[split] = (jax.device_get(state.params), float(metrics["loss"]))

@@ -92,7 +92,15 @@ def architecture(name: str) -> Architecture:
 
 
 def standardize(kernel: Array, eps: float = WS_EPSILON) -> Array:
-    """Weight standardisation: zero mean, unit variance per output filter (last axis, HWIO)."""
+    """Weight standardisation: zero mean, unit variance per output filter (last axis, HWIO).
+
+    Its ops carry the name ``weight_standardization`` in compiled programs (profiles, tests).
+    """
+    with jax.named_scope("weight_standardization"):
+        return _standardize(kernel, eps)
+
+
+def _standardize(kernel: Array, eps: float) -> Array:
     flat = kernel.astype(jnp.float32).reshape(-1, kernel.shape[-1])
     # The per-filter means are written as (1, N) @ (N, O) products: XLA:CPU compiles the
     # equivalent column reductions (and their gradients) into slow strided loops, which made
@@ -103,6 +111,19 @@ def standardize(kernel: Array, eps: float = WS_EPSILON) -> Array:
     centred = flat - mean
     var = jnp.dot(averager, jnp.square(centred), precision=jax.lax.Precision.HIGHEST)
     return (centred * jax.lax.rsqrt(var + eps)).reshape(kernel.shape)
+
+
+def standardize_params(params: Any) -> Any:
+    """``params`` with every StdConv kernel (``.../standardized_conv2d/kernel``) standardised.
+
+    Applied with ``BiT(..., standardize_weights=False)`` this is the same function of the
+    parameters as the plain model; taking it out of the model lets a step standardise (and
+    back-propagate through the standardisation) once, however many micro-batches it runs.
+    """
+    def visit(path, leaf):
+        names = [getattr(k, "key", None) for k in path]
+        return standardize(leaf) if names[-2:] == ["standardized_conv2d", "kernel"] else leaf
+    return jax.tree_util.tree_map_with_path(visit, params)
 
 
 # PyTorch's default conv init (kaiming_uniform with a=sqrt(5)), i.e. U(-1/sqrt(fan_in), ..).
@@ -126,12 +147,17 @@ HEAD_INITS = ("reference", "zero")
 
 
 class StdConv(nn.Module):
-    """Bias-free convolution with standardised weights and symmetric padding (k - 1) // 2."""
+    """Bias-free convolution with standardised weights and symmetric padding (k - 1) // 2.
+
+    ``standardize_weights=False``: the kernel parameter is already standardised (see
+    ``standardize_params``) and is used as it is.
+    """
 
     features: int
     kernel_size: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    standardize_weights: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -139,9 +165,11 @@ class StdConv(nn.Module):
         kernel = self.param("kernel", torch_default_init, (k, k, x.shape[-1], self.features),
                             jnp.float32)
         pad = (k - 1) // 2
+        if self.standardize_weights:
+            kernel = standardize(kernel)
         return jax.lax.conv_general_dilated(
             x.astype(self.dtype),
-            standardize(kernel).astype(self.dtype),
+            kernel.astype(self.dtype),
             window_strides=(self.stride, self.stride),
             padding=((pad, pad), (pad, pad)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -177,10 +205,12 @@ class _Projection(nn.Module):
     features: int
     stride: int
     dtype: Dtype
+    standardize_weights: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        return StdConv(self.features, 1, self.stride, self.dtype, name="standardized_conv2d")(x)
+        return StdConv(self.features, 1, self.stride, self.dtype, self.standardize_weights,
+                       name="standardized_conv2d")(x)
 
 
 class _NormActConv(nn.Module):
@@ -192,6 +222,7 @@ class _NormActConv(nn.Module):
     projection: int = 0  # output channels of the shortcut projection, 0 for none (only in 'a')
     projection_stride: int = 1
     dtype: Dtype = jnp.float32
+    standardize_weights: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array | None]:
@@ -200,9 +231,9 @@ class _NormActConv(nn.Module):
         shortcut = None
         if self.projection:
             shortcut = _Projection(self.projection, self.projection_stride, self.dtype,
-                                   name="proj")(x)
+                                   self.standardize_weights, name="proj")(x)
         y = StdConv(self.features, self.kernel_size, self.stride, self.dtype,
-                    name="standardized_conv2d")(x)
+                    self.standardize_weights, name="standardized_conv2d")(x)
         return y, shortcut
 
 
@@ -212,15 +243,17 @@ class PreActBottleneck(nn.Module):
     features: int  # output channels; the bottleneck is features // 4 wide
     stride: int = 1
     dtype: Dtype = jnp.float32
+    standardize_weights: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         mid = self.features // 4
         needs_projection = self.stride != 1 or x.shape[-1] != self.features
+        ws = dict(dtype=self.dtype, standardize_weights=self.standardize_weights)
         y, shortcut = _NormActConv(mid, 1, projection=self.features if needs_projection else 0,
-                                   projection_stride=self.stride, dtype=self.dtype, name="a")(x)
-        y, _ = _NormActConv(mid, 3, self.stride, dtype=self.dtype, name="b")(y)
-        y, _ = _NormActConv(self.features, 1, dtype=self.dtype, name="c")(y)
+                                   projection_stride=self.stride, name="a", **ws)(x)
+        y, _ = _NormActConv(mid, 3, self.stride, name="b", **ws)(y)
+        y, _ = _NormActConv(self.features, 1, name="c", **ws)(y)
         return y + (x.astype(y.dtype) if shortcut is None else shortcut)
 
 
@@ -229,10 +262,12 @@ class _RootBlock(nn.Module):
 
     features: int
     dtype: Dtype
+    standardize_weights: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = StdConv(self.features, 7, 2, self.dtype, name="standardized_conv2d")(x)
+        x = StdConv(self.features, 7, 2, self.dtype, self.standardize_weights,
+                    name="standardized_conv2d")(x)
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
 
@@ -243,13 +278,14 @@ class _Block(nn.Module):
     stride: int
     remat: bool
     dtype: Dtype
+    standardize_weights: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         unit_cls = nn.remat(PreActBottleneck) if self.remat else PreActBottleneck
         for i in range(self.units):
             x = unit_cls(self.features, self.stride if i == 0 else 1, self.dtype,
-                         name=f"unit{i + 1:02d}")(x)
+                         self.standardize_weights, name=f"unit{i + 1:02d}")(x)
         return x
 
 
@@ -297,6 +333,9 @@ class BiT(nn.Module):
       dtype: compute dtype (``jnp.bfloat16`` on accelerators); parameters stay float32 and
         GroupNorm statistics are computed in float32.
       remat: recompute each unit's activations in the backward pass to save memory.
+      standardize_weights: False when the conv kernels in ``params`` are already standardised
+        (``standardize_params``): the train step standardises once per optimiser step, outside
+        its micro-batch loop, and applies the model with this False.
     """
 
     block_units: tuple[int, ...]
@@ -305,6 +344,7 @@ class BiT(nn.Module):
     head_init: str = "reference"
     dtype: Dtype = jnp.float32
     remat: bool = False
+    standardize_weights: bool = True
 
     @nn.compact
     def __call__(self, images: Array, *, pre_logits: bool = False) -> Array:
@@ -312,10 +352,10 @@ class BiT(nn.Module):
         if images.ndim != 4:
             raise ValueError(f"BiT expects NHWC images, got shape {images.shape}")
         base = int(64 * self.width)
-        x = _RootBlock(base, self.dtype, name="root_block")(images)
+        x = _RootBlock(base, self.dtype, self.standardize_weights, name="root_block")(images)
         for i, units in enumerate(self.block_units):
             x = _Block(units, base * 4 * 2**i, 1 if i == 0 else 2, self.remat, self.dtype,
-                       name=f"block{i + 1}")(x)
+                       self.standardize_weights, name=f"block{i + 1}")(x)
         x = nn.relu(GroupNorm(dtype=self.dtype, name="group_norm")(x))
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if pre_logits:
