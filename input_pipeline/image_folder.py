@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from etils import epath
 
 from input_pipeline.errors import UserError
 
@@ -41,9 +42,9 @@ class FolderListing:
 
 
 def _class_folders(root: str) -> list[str]:
-    if not os.path.isdir(root):
+    if not epath.Path(root).is_dir():
         raise UserError(f"Image folder {root!r} does not exist or is not a directory")
-    names = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    names = sorted(p.name for p in epath.Path(root).iterdir() if p.is_dir())
     if not names:
         raise UserError(f"Image folder {root!r} has no class sub-folders (expected root/<class>/<image>)")
     return names
@@ -52,7 +53,11 @@ def _class_folders(root: str) -> list[str]:
 def _list_class(folder: str) -> tuple[list[str], list[str]]:
     """Image files under `folder` (recursive, sorted) and files with unsupported image extensions."""
     found, unsupported = [], []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    # epath lists gs:// folders (TPU VMs keep ImageNet there); local trees are walked through
+    # symbolic links too, which epath's walk does not follow.
+    walk = epath.Path(folder).walk() if "://" in folder else os.walk(folder, followlinks=True)
+    for dirpath, dirnames, filenames in walk:
+        dirpath = os.fspath(dirpath)
         dirnames.sort()
         for name in sorted(filenames):
             ext = os.path.splitext(name)[1].lower()

@@ -76,3 +76,17 @@ def test_damaged_checkpoint_is_set_aside_on_a_bucket(tmp_path):
     assert os.fspath(target) == f"gs://bkt/run/{checkpoint.BAD_DIRNAME}/20.1"  # 20 was taken
     assert (tmp_path / "gcs" / "bkt" / "run" / checkpoint.BAD_DIRNAME / "20.1" / "f").read_text() == "garbled"
     assert not (steps / "20").exists()
+
+
+def test_image_folder_lists_a_bucket(tmp_path):
+    from input_pipeline import image_folder
+
+    for rel in ("cat/a.jpg", "cat/sub/b.png", "dog/c.jpeg", "dog/notes.txt"):
+        (tmp_path / "gcs" / "bkt" / "train" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "gcs" / "bkt" / "train" / rel).write_bytes(b"")
+    with run_helpers.fake_gcs(tmp_path / "gcs"):
+        listing = image_folder.list_image_folder("gs://bkt/train")
+    assert listing.class_names == ["cat", "dog"]
+    assert list(listing.paths) == ["gs://bkt/train/cat/a.jpg", "gs://bkt/train/cat/sub/b.png",
+                                   "gs://bkt/train/dog/c.jpeg"]
+    assert list(listing.labels) == [0, 0, 1]
