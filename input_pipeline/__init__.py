@@ -15,8 +15,8 @@ _EXPORTS = {
     "DatasetInfo": "input_pipeline.pipeline",
     "Datasets": "input_pipeline.pipeline",
     "get_datasets": "input_pipeline.pipeline",
-    "NORM_MEAN_STD": "input_pipeline.preprocess",
-    "model_input": "input_pipeline.preprocess",
+    "NORM_MEAN_STD": "input_pipeline.normalize",
+    "model_input": "input_pipeline.normalize",
 }
 
 __all__ = ["DatasetInfo", "Datasets", "NORM_MEAN_STD", "get_datasets", "model_input"]

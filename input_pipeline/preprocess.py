@@ -40,13 +40,11 @@ Semantics follow the reference's torchvision transforms (transfer_learning/datas
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
-from input_pipeline.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The on-device normalisation lives in a TensorFlow-free module (the train step and the GPU
+# benchmark import it where TensorFlow is not installed); its names stay importable from here.
+from input_pipeline.normalize import IMAGENET_MEAN, IMAGENET_STD, NORM_MEAN_STD, NORMS, check_norm, model_input  # noqa: F401
 
 # torchvision RandomResizedCrop defaults (reference pre-training augmentation).
 INCEPTION_AREA_RANGE = (0.08, 1.0)
@@ -62,45 +60,6 @@ INCEPTION_MAX_ATTEMPTS = 10
 # whole decode is small, so the windowed decode saves little; the BiT-HyperRule's 160/128 sources
 # (under 96 x 96) all fall below, Pets / Flowers / ImageNet-sized JPEGs (~500 x 375) stay above.
 EXACT_CROP_MAX_SIDE = 256
-
-# pp.norm -> per-channel (mean, std) of torchvision's ToTensor then Normalize(mean, std):
-# 'bit' is the reference's Normalize(0.5, 0.5), i.e. [-1, 1]. Exports state these numbers.
-NORM_MEAN_STD = {
-    "bit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-}
-# The same as an affine map of uint8 values: model input = value * scale + offset.
-_NORM_AFFINE = {
-    name: ((1.0 / (255.0 * np.asarray(std))).astype(np.float32),
-           (-np.asarray(mean) / np.asarray(std)).astype(np.float32))
-    for name, (mean, std) in NORM_MEAN_STD.items()
-}
-NORMS = tuple(_NORM_AFFINE)
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
-
-def check_norm(norm: str) -> None:
-    """Raises ValueError naming the valid choices if `norm` is not a known normalisation."""
-    if norm not in _NORM_AFFINE:
-        raise UserError(f"Unknown pp.norm {norm!r}; valid: {sorted(_NORM_AFFINE)}")
-
-
-def model_input(images, norm: str):
-    """Pipeline images -> the model's float32 input; works on numpy and jax arrays alike.
-
-    uint8 images (pp.kind 'bit' / 'inception') are normalised: 'bit' -> [-1, 1] (x / 127.5 - 1),
-    'imagenet' -> (x / 255 - mean) / std. Float images (pp.kind 'xray', already in [-1, 1]) are
-    returned unchanged. Call it inside the jitted step so the conversion runs on the device.
-    """
-    check_norm(norm)
-    dtype = np.dtype(images.dtype)
-    if dtype.name in _FLOAT_DTYPES:
-        return images
-    if dtype != np.uint8:
-        raise ValueError(f"model_input takes uint8 or float images, got dtype {dtype.name}")
-    scale, offset = _NORM_AFFINE[norm]
-    return images.astype(np.float32) * scale + offset
-
 
 # libjpeg's accurate integer DCT gives PIL's (the reference's) pixels exactly; TF's default,
 # the fast DCT, differs by up to ~5 levels for about 12% less decode time.
