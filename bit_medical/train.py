@@ -69,9 +69,10 @@ def train_step(state: TrainState, batch: dict, lr: jax.Array, mixup_lambda: jax.
     optimiser step, shared by its micro-batches, as in the reference) also comes from the host
     (``mixup_lambda``, see ``mixup_lambdas``). Both keep the compiled step independent of the
     schedule, so runs that differ only in it share one compilation (and Beta sampling, slow to
-    compile, stays out of the graph). ``norm`` turns uint8 images into model inputs on device.
+    compile, stays out of the graph). ``norm`` turns uint8 images into model inputs on device
+    (resizing the crop windows that 'bit' train batches ship, see ``input_pipeline.normalize``).
     """
-    batch = dict(batch, image=input_pipeline.model_input(batch["image"], norm))
+    batch = dict(batch, image=input_pipeline.model_input(batch["image"], norm, batch.get("window")))
     step_rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params, micro, micro_rng):
