@@ -87,25 +87,29 @@ def _resize_window(row: jax.Array, window: jax.Array) -> jax.Array:
     flat = row.reshape(-1)
     y0, y1, wy = _taps(size, height)
     x0, x1, wx = _taps(size, width)
+    # The host flips the window, then resizes: the same taps, read from the mirrored columns (so
+    # the levels match the host's bit for bit, where flipping the output would round ties apart).
+    x0, x1 = (jnp.where(flip != 0, width - 1 - x, x) for x in (x0, x1))
     channel = jnp.arange(channels)
 
     def at(ys, xs):
         index = ((ys[:, None] * width + xs[None, :]) * channels)[..., None] + channel
-        return flat[index].astype(jnp.float32)
+        # + 0.5, then floor: rounds to the nearest level, with the host's operations in its order
+        # (its kernel adds 0.5 to the source, interpolates columns then rows, truncates), so both
+        # give the same levels, ties included.
+        return flat[index].astype(jnp.float32) + 0.5
 
-    # The host kernel's order of operations (columns, then rows), so both round alike.
     top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * wx[None, :, None]
     bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * wx[None, :, None]
-    out = jnp.floor(top + (bottom - top) * wy[:, None, None] + 0.5)   # the nearest level, as the host rounds
-    # The resize commutes with a mirror flip (half-pixel centres are symmetric).
-    return jnp.where(flip != 0, out[:, ::-1], out)
+    return jnp.floor(top + (bottom - top) * wy[:, None, None])
 
 
 def resize_windows(images, window) -> jax.Array:
     """Shipped 'bit' train rows uint8 [B, S, S, C] + ``window`` int32 [B, 3] -> float32 [B, S, S, C].
 
-    Each row's ``height x width`` window is enlarged bilinearly to S x S (the host's op, rounded to
-    the nearest level as the host rounds) and mirrored where ``flip`` is set. Enlarging needs no
+    Each row's ``height x width`` window is mirrored where ``flip`` is set and enlarged bilinearly
+    to S x S: the host's op (`preprocess.resize`), the same levels on the CPU (an accelerator's
+    fused multiply-adds may move a rounding tie by one level). Enlarging needs no
     antialiasing, so this equals the reference's PIL resize to a level; windows larger than the crop
     never come here (the host shrinks them).
     """

@@ -267,8 +267,9 @@ def decode_bit_window(encoded: tf.Tensor, seed: tf.Tensor, *, resize: int, crop:
 
         def windowed():
             window, flip = bit_crop_window(shape[0], shape[1], seed, resize=resize, crop=crop)
-            return _shipped(tf.slice(image, tf.stack([window[0], window[1], 0]), tf.stack([window[2], window[3], -1])),
-                            flip, crop)
+            pixels = tf.slice(image, tf.stack([window[0], window[1], 0]), tf.stack([window[2], window[3], -1]))
+            pixels.set_shape([None, None, 3])
+            return _shipped(pixels, flip, crop)
 
         return tf.cond(takes_exact_crop(shape[0], shape[1]),
                        lambda: finished(_exact_bit_crop(image, seed, resize, crop)), windowed)
