@@ -30,8 +30,9 @@ worker processes; median of the rounds) and the ratios by CPU time, which depend
 the load. `--stages` adds per-image work alone, same threads, no batching: decoding the crop's
 window; that plus packing it for the device (ours); that plus resizing it to 480x480 on the host
 and rounding to uint8 (the pipeline before the resize moved to the device: the floor of host
-resizing in TensorFlow ops); and for grey sources (the X-ray path under ``bit``), the crop of the
-full grey decode resized as RGB (before) and resized grey then tiled (ours).
+resizing in TensorFlow ops); for grey sources (the X-ray path under ``bit``), the crop of the
+full grey decode resized as RGB (before) and resized grey then tiled (ours); and the
+``inception`` train op at 224 (pre-training), which still resizes on the host.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def decode_only(root: str, args):
 
 
 def stages(root: str, args) -> dict:
-    """Per-image work alone: window decode; + packing (ours); + host resize (before); grey sources."""
+    """Per-image work alone: window decode; + packing (ours); + host resize (before); grey; inception."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     from input_pipeline import preprocess  # pylint: disable=g-import-not-at-top
@@ -215,6 +216,9 @@ def stages(root: str, args) -> dict:
     def window_resize(i, enc):
         return preprocess.resize(window_decode(i, enc), 480, 480)
 
+    def inception(i, enc):   # random-resized crop: its window mostly shrinks, so the host resizes it
+        return preprocess.decode_and_inception_crop(enc, seed(i), crop=224)
+
     def grey(enc):   # an X-ray source's decode: one float plane in [0, 255]
         return tf.cast(tf.io.decode_jpeg(enc, channels=1, dct_method=preprocess.JPEG_DCT_METHOD), tf.float32)
 
@@ -228,7 +232,8 @@ def stages(root: str, args) -> dict:
             "+ pack for the device (ours)": lambda: per_file_batches(root, args, window_packed),
             "+ host resize to 480x480, round (before)": lambda: per_file_batches(root, args, window_resize),
             "grey: tile to RGB, then resize (before)": lambda: per_file_batches(root, args, grey_tiled_first),
-            "grey: resize, then tile to RGB (ours)": lambda: per_file_batches(root, args, grey_tiled_after)}
+            "grey: resize, then tile to RGB (ours)": lambda: per_file_batches(root, args, grey_tiled_after),
+            "inception 224 (pre-training; host resize)": lambda: per_file_batches(root, args, inception)}
 
 
 def _load() -> str:
