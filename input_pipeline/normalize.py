@@ -90,17 +90,23 @@ def _resize_window(row: jax.Array, window: jax.Array) -> jax.Array:
     # The host flips the window, then resizes: the same taps, read from the mirrored columns (so
     # the levels match the host's bit for bit, where flipping the output would round ties apart).
     x0, x1 = (jnp.where(flip != 0, width - 1 - x, x) for x in (x0, x1))
-    channel = jnp.arange(channels)
 
-    def at(ys, xs):
-        index = ((ys[:, None] * width + xs[None, :]) * channels)[..., None] + channel
+    def rows(ys):
+        # Source row y starts at y * width * C; a slice of S * C values (the next rows' start
+        # beyond `width`, never read) is contiguous, which gathers far faster than pixel indices.
+        # It stays inside the row: (height - 1) * width + S <= S * S.
+        sliced = jax.vmap(lambda y: jax.lax.dynamic_slice(flat, (y * width * channels,), (size * channels,)))(ys)
+        return sliced.reshape(size, size, channels)
+
+    def at(source_rows, xs):
         # + 0.5, then floor: rounds to the nearest level, with the host's operations in its order
         # (its kernel adds 0.5 to the source, interpolates columns then rows, truncates), so both
         # give the same levels, ties included.
-        return flat[index].astype(jnp.float32) + 0.5
+        return jnp.take(source_rows, xs, axis=1).astype(jnp.float32) + 0.5
 
-    top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * wx[None, :, None]
-    bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * wx[None, :, None]
+    upper_rows, lower_rows = rows(y0), rows(y1)
+    top = at(upper_rows, x0) + (at(upper_rows, x1) - at(upper_rows, x0)) * wx[None, :, None]
+    bottom = at(lower_rows, x0) + (at(lower_rows, x1) - at(lower_rows, x0)) * wx[None, :, None]
     return jnp.floor(top + (bottom - top) * wy[:, None, None])
 
 
