@@ -92,9 +92,9 @@ def _resize_window(row: jax.Array, window: jax.Array) -> jax.Array:
     x0, x1 = (jnp.where(flip != 0, width - 1 - x, x) for x in (x0, x1))
 
     def rows(ys):
-        # Source row y starts at y * width * C; a slice of S * C values (the next rows' start
-        # beyond `width`, never read) is contiguous, which gathers far faster than pixel indices.
-        # It stays inside the row: (height - 1) * width + S <= S * S.
+        # Source row y starts at y * width * C. A contiguous slice of S * C values (running past
+        # `width` into the next row, values never read) gathers far faster than pixel indices,
+        # and stays inside the buffer: (height - 1) * width + S <= S * S.
         sliced = jax.vmap(lambda y: jax.lax.dynamic_slice(flat, (y * width * channels,), (size * channels,)))(ys)
         return sliced.reshape(size, size, channels)
 
