@@ -14,8 +14,9 @@ number of workers:
    memory (a CPU-only measurement); it delivers normalised float32 batches;
 2. this project: ``input_pipeline.get_datasets`` on the folder (``image_folder`` source, ``bit``
    preprocessing 512 -> random crop 480 + flip), tf.data thread pool of `--workers` threads, one
-   op thread each; it delivers uint8 batches, which the train step normalises on the device
-   (``input_pipeline.model_input``, a fused multiply-add there);
+   op thread each; it delivers uint8 batches of the crops' source windows (each no larger than
+   the crop here) with their sizes and flips, which the train step resizes and normalises on the
+   device (``input_pipeline.model_input(image, norm, window)``): not timed here;
 3. JPEG decode only: full decode of the same files through tf.data with the same threads (the
    same libjpeg and DCT as (2)): the floor no pipeline beats.
 
@@ -26,9 +27,12 @@ machine: ours >= 4x torchvision, and ours' time per image <= 1.5x the decode-onl
 machine's load average before and after. On a shared machine the rates follow the CPU time other
 processes leave, so it also prints the CPU time per image (this process, its threads and its
 worker processes; median of the rounds) and the ratios by CPU time, which depend far less on
-the load. `--stages` adds ours' per-image work alone, same threads, no batching:
-decoding the crop's window, then also resizing it to 480x480 and rounding to uint8; the second
-is the floor of this preprocessing in TensorFlow ops.
+the load. `--stages` adds per-image work alone, same threads, no batching: decoding the crop's
+window; that plus packing it for the device (ours); that plus resizing it to 480x480 on the host
+and rounding to uint8 (the pipeline before the resize moved to the device: the floor of host
+resizing in TensorFlow ops); for grey sources (the X-ray path under ``bit``), the crop of the
+full grey decode resized as RGB (before) and resized grey then tiled (ours); and the
+``inception`` train op at 224 (pre-training), which still resizes on the host.
 """
 
 from __future__ import annotations
@@ -160,7 +164,8 @@ def ours_batches(root: str, args, setup: list) -> Iterator:
 def per_file_batches(root: str, args, fn) -> Iterator:
     """fn(index, encoded bytes) over the folder's files, tf.data with `--workers` threads.
 
-    Only the shape leaves the map: what is timed is the work on each file, not batching.
+    Only the first pixel leaves the map (which still computes all of fn's output, where its shape
+    alone might be known without running it): what is timed is the work on each file, not batching.
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -168,7 +173,7 @@ def per_file_batches(root: str, args, fn) -> Iterator:
 
     paths = image_folder.list_image_folder(root).paths
     ds = tf.data.Dataset.from_tensor_slices(paths).repeat().enumerate()
-    ds = ds.map(lambda i, p: tf.shape(fn(i, tf.io.read_file(p))), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda i, p: fn(i, tf.io.read_file(p))[0, 0], num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(args.batch).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.threading.private_threadpool_size = args.workers
@@ -192,7 +197,7 @@ def decode_only(root: str, args):
 
 
 def stages(root: str, args) -> dict:
-    """Ours' per-image work alone: the crop window's decode; window decode + resize + round."""
+    """Per-image work alone: window decode; + packing (ours); + host resize (before); grey; inception."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     from input_pipeline import preprocess  # pylint: disable=g-import-not-at-top
@@ -205,11 +210,30 @@ def stages(root: str, args) -> dict:
         window, _ = preprocess.bit_crop_window(shape[0], shape[1], seed(i), resize=512, crop=480)
         return tf.io.decode_and_crop_jpeg(enc, window, channels=3, dct_method=preprocess.JPEG_DCT_METHOD)
 
+    def window_packed(i, enc):
+        return preprocess.decode_bit_window(enc, seed(i), resize=512, crop=480)["image"]
+
     def window_resize(i, enc):
-        return preprocess.decode_and_bit_crop(enc, seed(i), resize=512, crop=480)
+        return preprocess.resize(window_decode(i, enc), 480, 480)
+
+    def inception(i, enc):   # random-resized crop: its window mostly shrinks, so the host resizes it
+        return preprocess.decode_and_inception_crop(enc, seed(i), crop=224)
+
+    def grey(enc):   # an X-ray source's decode: one float plane in [0, 255]
+        return tf.cast(tf.io.decode_jpeg(enc, channels=1, dct_method=preprocess.JPEG_DCT_METHOD), tf.float32)
+
+    def grey_tiled_first(i, enc):
+        return preprocess.bit_train(preprocess.grey_to_rgb(grey(enc)), seed(i), resize=512, crop=480)
+
+    def grey_tiled_after(i, enc):
+        return preprocess.grey_to_rgb(preprocess.bit_train(grey(enc), seed(i), resize=512, crop=480))
 
     return {"crop-window decode only": lambda: per_file_batches(root, args, window_decode),
-            "+ resize to 480x480, round to uint8": lambda: per_file_batches(root, args, window_resize)}
+            "+ pack for the device (ours)": lambda: per_file_batches(root, args, window_packed),
+            "+ host resize to 480x480, round (before)": lambda: per_file_batches(root, args, window_resize),
+            "grey: tile to RGB, then resize (before)": lambda: per_file_batches(root, args, grey_tiled_first),
+            "grey: resize, then tile to RGB (ours)": lambda: per_file_batches(root, args, grey_tiled_after),
+            "inception 224 (pre-training; host resize)": lambda: per_file_batches(root, args, inception)}
 
 
 def _load() -> str:
@@ -262,7 +286,7 @@ def main() -> None:
 
     print(f"load average (1, 5, 15 min): {load_before} before, {_load()} after; {os.cpu_count()} CPUs")
     print(line("torchvision DataLoader (reference transforms):", "torchvision"))
-    print(line("input_pipeline (bit 512/480, uint8 batches):", "ours"))
+    print(line("input_pipeline (bit 512/480, uint8 windows):", "ours"))
     print(line("JPEG decode only (tf.data):", "decode"))
     print(f"ours / torchvision: {best['ours'] / best['torchvision']:.2f}x   (goal >= 4; "
           f"by CPU time per image {cpu['torchvision'] / cpu['ours']:.2f}x)")

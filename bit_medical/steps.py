@@ -45,13 +45,14 @@ def train_step(state: TrainState, batch: dict, lr: jax.Array, mixup_lambda: jax.
     optimiser step, shared by its micro-batches, as in the reference) also comes from the host
     (``mixup_lambda``, see ``mixup_lambdas``). Both keep the compiled step independent of the
     schedule, so runs that differ only in it share one compilation (and Beta sampling, slow to
-    compile, stays out of the graph). ``norm`` turns uint8 images into model inputs on device.
+    compile, stays out of the graph). ``norm`` turns uint8 images into model inputs on device
+    (resizing the crop windows that 'bit' train batches ship, see ``input_pipeline.normalize``).
 
     Weight standardisation runs once per step, before the micro-batch loop, and its gradient
     once after it (``bit.standardize_params``): the same function, without ``batch_split``
     copies of the standardisation and its backward pass.
     """
-    batch = dict(batch, image=model_input(batch["image"], norm))
+    batch = dict(batch, image=model_input(batch["image"], norm, batch.get("window")))
     step_rng = jax.random.fold_in(rng, state.step)
     net = model.clone(standardize_weights=False)
 

@@ -1,10 +1,10 @@
-"""Image preprocessing ops (TensorFlow, per example), and `model_input`, the normalisation that runs
-on the device.
+"""Image preprocessing ops (TensorFlow, per example); `model_input` (re-exported from
+`input_pipeline.normalize`) finishes them on the device.
 
 Every op works on one image with values in [0, 255] (uint8, or float for decoded X-rays) and returns
-**uint8** [crop, crop, 3]: resizing is computed in float and rounded once to the nearest level.
+**uint8** [crop, crop, C]: resizing is computed in float and rounded once to the nearest level.
 Batches of uint8 are 4x smaller than float32 ones and cost the host nothing to normalise; the train
-step maps them with `model_input(images, norm)` (on numpy or jax arrays). Randomness comes only from
+step maps them with `model_input(images, norm, window)` (on numpy or jax arrays). Randomness comes only from
 stateless ops keyed by an explicit `seed` (int32/int64 tensor of shape [2]), so an example's
 augmentation is a pure function of its seed: the pipeline derives that seed from (run seed, global
 example index), which makes a resumed input stream identical to an uninterrupted one.
@@ -31,7 +31,9 @@ Semantics follow the reference's torchvision transforms (transfer_learning/datas
   of resize-then-crop; each crop's edges lie within half a source pixel of the exact ones (its
   scale differs by at most one source pixel over the crop, < 0.5% at the threshold). Other
   formats decode fully, then take the same window. Both paths draw the same offsets and flip
-  from a seed.
+  from a seed. From encoded bytes (`decode_bit_window`), a window no larger than the crop is
+  shipped unresized and enlarged in the train step (`normalize.resize_windows`, the same
+  kernel and rounding): that resize took half the host's time per image.
 - The random-resized crop uses TF's ``sample_distorted_bounding_box`` (10 attempts, falling back
   to the whole image) where torchvision falls back to a centre crop with the ratio clamped; the
   two agree whenever a sample is accepted, which is nearly always within 10 attempts.
@@ -76,9 +78,13 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def grey01_to_rgb255(image01: tf.Tensor) -> tf.Tensor:
-    """[H, W, 1] floats in [0, 1] (X-ray decode) -> float32 [H, W, 3] in [0, 255]."""
-    image = tf.cast(image01, tf.float32) * 255.0
+def grey01_to_255(image01: tf.Tensor) -> tf.Tensor:
+    """[H, W, 1] floats in [0, 1] (X-ray decode) -> float32 [H, W, 1] in [0, 255]."""
+    return tf.cast(image01, tf.float32) * 255.0
+
+
+def grey_to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """[H, W, 1] -> [H, W, 3], the grey plane in each channel (after resizing: 3x less work)."""
     return tf.tile(image, [1, 1, 3])
 
 
@@ -220,14 +226,53 @@ def bit_train(image: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int) -> t
                    lambda: _windowed_bit_crop(image, seed, resize, crop))
 
 
-def decode_and_bit_crop(encoded: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int) -> tf.Tensor:
-    """`bit_train` from encoded bytes; JPEGs on the windowed path decode only the crop's window.
+def _shipped(pixels: tf.Tensor, flip: tf.Tensor, crop: int) -> dict:
+    """A windowed crop's source pixels as a train example: shipped to the device if they fit.
 
-    Equal to ``bit_train(decode_rgb(encoded), seed, ...)`` (same path, same window), except where
-    a windowed chroma-subsampled JPEG upsamples colour at the window's border.
+    A window no larger than `crop` x `crop` (the crop enlarges it: every source whose shorter side
+    is at most `resize`) goes out unresized, packed flat (`input_pipeline.normalize`), for
+    `resize_windows` in the train step; a larger one (the crop shrinks it, which needs
+    antialiasing) is resized and flipped here and marked ``(crop, crop, 0)``.
     """
+    shape = tf.shape(pixels)
+    height, width, channels = shape[0], shape[1], pixels.shape[-1]
+
+    def packed():
+        flat = tf.reshape(pixels, [-1])
+        flat = tf.pad(flat, [[0, crop * crop * channels - tf.size(flat)]])
+        return tf.reshape(flat, [crop, crop, channels]), tf.stack([height, width, tf.cast(flip, tf.int32)])
+
+    def resized():
+        return _resize_flipped(pixels, flip, crop), tf.constant([crop, crop, 0], tf.int32)
+
+    image, window = tf.cond((height <= crop) & (width <= crop), packed, resized)
+    return {"image": image, "window": window}
+
+
+def decode_bit_window(encoded: tf.Tensor, seed: tf.Tensor, *, resize: int, crop: int) -> dict:
+    """'bit' train example from encoded bytes: ``image`` uint8 [crop, crop, 3] and its ``window``.
+
+    The train step's ``model_input(image, norm, window)`` gives ``bit_train(decode_rgb(encoded),
+    seed, ...)``: same path, window, flip and pixels (to a level), except where a windowed
+    chroma-subsampled JPEG upsamples colour at the window's border. On the windowed path JPEGs
+    decode only the crop's window, and a window no larger than the crop is resized on the device
+    (`_shipped`); small sources (the exact path) are finished here.
+    """
+    def finished(image):
+        return {"image": image, "window": tf.constant([crop, crop, 0], tf.int32)}
+
     def decoded():
-        return bit_train(decode_rgb(encoded), seed, resize=resize, crop=crop)
+        image = decode_rgb(encoded)
+        shape = tf.shape(image)
+
+        def windowed():
+            window, flip = bit_crop_window(shape[0], shape[1], seed, resize=resize, crop=crop)
+            pixels = tf.slice(image, tf.stack([window[0], window[1], 0]), tf.stack([window[2], window[3], -1]))
+            pixels.set_shape([None, None, 3])
+            return _shipped(pixels, flip, crop)
+
+        return tf.cond(takes_exact_crop(shape[0], shape[1]),
+                       lambda: finished(_exact_bit_crop(image, seed, resize, crop)), windowed)
 
     def jpeg():
         shape = tf.io.extract_jpeg_shape(encoded)
@@ -236,7 +281,7 @@ def decode_and_bit_crop(encoded: tf.Tensor, seed: tf.Tensor, *, resize: int, cro
             window, flip = bit_crop_window(shape[0], shape[1], seed, resize=resize, crop=crop)
             pixels = tf.io.decode_and_crop_jpeg(encoded, window, channels=3, dct_method=JPEG_DCT_METHOD)
             pixels.set_shape([None, None, 3])
-            return _resize_flipped(pixels, flip, crop)
+            return _shipped(pixels, flip, crop)
 
         return tf.cond(takes_exact_crop(shape[0], shape[1]), decoded, windowed)
 

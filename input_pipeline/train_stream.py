@@ -96,7 +96,7 @@ def _indexed_train(images: np.ndarray, labels: np.ndarray, *, from_files: bool, 
         encoded = tf.gather(images_t, idx)
         if from_files:
             encoded = tf.io.read_file(encoded)
-        return {"image": train_fn(encoded, tf.random.experimental.stateless_fold_in(aug_key, g)),
+        return {**train_fn(encoded, tf.random.experimental.stateless_fold_in(aug_key, g)),
                 "label": label_fn(tf.gather(labels_t, idx))}
 
     ds = tf.data.Dataset.range(start_step * local_batch, _INT64_MAX)
@@ -157,7 +157,7 @@ def _streamed_train(source: Source, positions: np.ndarray, copies: np.ndarray | 
 
     def element(local_i, ex):
         g = local_i * process_count + process_index   # unique over hosts
-        return {"image": train_fn(ex["image"], tf.random.experimental.stateless_fold_in(aug_key, g)),
+        return {**train_fn(ex["image"], tf.random.experimental.stateless_fold_in(aug_key, g)),
                 "label": label_fn(ex["label"])}
 
     ds = ds.enumerate(start=first).map(_plain(element), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

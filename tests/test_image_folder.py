@@ -194,6 +194,31 @@ def test_jpeg_files_decode_only_the_crop_window_and_keep_their_colours(tmp_path)
     assert [colours[c] for c in _colours_of(batch["image"])] == batch["label"].tolist()
 
 
+def test_large_files_ship_the_crop_window_and_the_train_step_resizes_it(tmp_path):
+    # Sources whose shorter side is at least 256 and under pp.resize: the batch carries each crop's
+    # window unresized (packed, zero-padded) with its size and flip; model_input resizes it. A flat
+    # file must come out flat at its colour: a wrong row stride or the padding would show.
+    colours = {}
+    for i in range(6):
+        path = tmp_path / f"class{i % 2}" / f"{i}.png"
+        _save(path, _colour(i), size=(300 + 10 * i, 270))
+        colours[_colour(i)] = i % 2
+    config = _config(tmp_path)
+    config.pp.update(resize=288, crop=256)
+    batch = next(input_pipeline.get_datasets(config, process_index=0, process_count=1).train)
+    image, window = batch["image"], batch["window"]
+    assert image.shape == (6, 256, 256, 3) and window.shape == (6, 3) and window.dtype == np.int32
+    # 256 * 270 / 288 = 240 source rows; columns the same to the rounding of the resized width.
+    assert (window[:, 0] == 240).all() and set(window[:, 1]) <= {240, 241} and set(window[:, 2]) <= {0, 1}
+    assert not image[:, -1].any()                                           # shipped: padded, not resized
+    model_input = np.asarray(input_pipeline.model_input(image, "bit", window))
+    assert model_input.shape == (6, 256, 256, 3)
+    flat = np.rint((model_input + 1.0) * 127.5).astype(np.uint8)
+    assert (flat == flat[:, :1, :1]).all()
+    assert [colours[c] for c in _colours_of(flat)] == batch["label"].tolist()
+    assert sorted(_colours_of(flat)) == sorted(colours)
+
+
 def test_train_epoch_is_covered_once_across_hosts_and_equal_for_any_host_count(folders):
     root, train_ids, _ = folders
     global_batches = {}
