@@ -41,18 +41,18 @@ def demo_config(**args):
 def write_data(workdir: str) -> str:
     """Writes and prepares the synthetic collections; returns the TFDS data_dir."""
     from input_pipeline import datasets
-    from input_pipeline.datasets import fixtures
+    from input_pipeline.datasets import synthetic
 
     manual = os.path.join(workdir, "manual")
     data_dir = os.path.join(workdir, "tfds")
     chexpert = os.path.join(manual, "CheXpert-v1.0-small")
     tuberculosis = os.path.join(manual, "Tuberculosis_dataset")
     if not os.path.exists(chexpert):
-        fixtures.write_chexpert(chexpert, n_train=640, n_valid=64, image_size=(72, 64),
-                                small=True, seed=0)
+        synthetic.write_chexpert(chexpert, n_train=640, n_valid=64, image_size=(72, 64),
+                                 small=True, seed=0)
     if not os.path.exists(tuberculosis):
-        fixtures.write_tuberculosis(tuberculosis, n_shenzhen=140, n_montgomery=40,
-                                    image_size=(72, 68), seed=1, signal=0.6)
+        synthetic.write_tuberculosis(tuberculosis, n_shenzhen=140, n_montgomery=40,
+                                     image_size=(72, 68), seed=1, signal=0.6)
     for name, root in (("chexpert_v1", chexpert), ("tuberculosis_cxr", tuberculosis)):
         datasets.prepare(name, manual_dir=root, data_dir=data_dir, config="full",
                          num_workers=1)

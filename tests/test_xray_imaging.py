@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from input_pipeline import imaging
-from input_pipeline.datasets import _common, fixtures
+from input_pipeline.datasets import _common, synthetic
 
 
 def _cv2_reference(img_u8: np.ndarray, size: int) -> np.ndarray:
@@ -126,10 +126,10 @@ def test_pool_workers_process_images_without_importing_tensorflow(tmp_path):
 
 def test_synthetic_signal_marks_each_positive_label_at_its_own_place():
     shape, n = (64, 80), 13
-    base = fixtures.synth_xray(np.random.default_rng(0), shape, [], n, signal=1.0)
+    base = synthetic.synth_xray(np.random.default_rng(0), shape, [], n, signal=1.0)
     peaks = set()
     for k in (0, 5, 12):
-        img = fixtures.synth_xray(np.random.default_rng(0), shape, [k], n, signal=1.0)
+        img = synthetic.synth_xray(np.random.default_rng(0), shape, [k], n, signal=1.0)
         diff = img - base
         assert diff.max() > 0.2
         row, col = np.unravel_index(np.argmax(diff), shape)
@@ -137,5 +137,5 @@ def test_synthetic_signal_marks_each_positive_label_at_its_own_place():
         # The blob lies inside the central square (columns 8..71) that the 224/512 configs keep.
         assert 8 <= col < 72
     assert len(peaks) == 3
-    quiet = fixtures.synth_xray(np.random.default_rng(0), shape, [3], n, signal=0.0)
+    quiet = synthetic.synth_xray(np.random.default_rng(0), shape, [3], n, signal=0.0)
     np.testing.assert_array_equal(quiet, base)
