@@ -49,7 +49,8 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """A TFDS data_dir with the demo's synthetic CheXpert and Tuberculosis sets, prepared."""
+    """A TFDS data_dir with small synthetic CheXpert and Tuberculosis sets, prepared (the demo's
+    collections, smaller and in the "grid" style, whose blobs a few steps learn)."""
     from input_pipeline import datasets
     from input_pipeline.datasets import synthetic
 

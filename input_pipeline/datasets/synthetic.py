@@ -52,6 +52,21 @@ class Written:
 # ----------------------------------------------------------------------------- images
 
 
+def _chest(rng: np.random.Generator, shape: tuple) -> tuple:
+    """A noisy chest-like background in [0, 1] (two dark lungs, a bright spine), with the
+    coordinates (u, v) of each pixel in units of the central square (0..1 inside it)."""
+    h, w = shape
+    side = min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    u = (xx + 0.5 - w / 2) / side + 0.5
+    v = (yy + 0.5 - h / 2) / side + 0.5
+    lungs = sum(np.exp(-((((u - cu) / 0.15) ** 2 + ((v - 0.52) / 0.28) ** 2) ** 2))
+                for cu in (0.3, 0.7))
+    spine = np.exp(-(((u - 0.5) / 0.05) ** 2))
+    img = 0.55 - 0.3 * lungs + 0.2 * spine + rng.normal(0.0, 0.04, size=(h, w))
+    return img, u, v
+
+
 def synth_xray(
     rng: np.random.Generator,
     shape: tuple,
@@ -65,15 +80,7 @@ def synth_xray(
     Label k of n_labels gets a Gaussian blob at cell k of a ceil(sqrt(n)) grid
     spanning the middle 60% of the central square; amplitude 0.45 * signal.
     """
-    h, w = shape
-    side = min(h, w)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    u = (xx + 0.5 - w / 2) / side + 0.5
-    v = (yy + 0.5 - h / 2) / side + 0.5
-    lungs = sum(np.exp(-((((u - cu) / 0.15) ** 2 + ((v - 0.52) / 0.28) ** 2) ** 2))
-                for cu in (0.3, 0.7))
-    spine = np.exp(-(((u - 0.5) / 0.05) ** 2))
-    img = 0.55 - 0.3 * lungs + 0.2 * spine + rng.normal(0.0, 0.04, size=(h, w))
+    img, u, v = _chest(rng, shape)
     grid = max(1, math.ceil(math.sqrt(max(n_labels, 1))))
     sigma = 0.25 / grid
     for k in positives:
@@ -81,6 +88,72 @@ def synth_xray(
         cu = 0.2 + 0.6 * (col + 0.5) / grid
         cv = 0.2 + 0.6 * (row + 0.5) / grid
         img += 0.45 * signal * np.exp(-(((u - cu) ** 2 + (v - cv) ** 2) / (2 * sigma ** 2)))
+    return np.clip(img, 0.0, 1.0)
+
+
+# Style "shapes" (the demo): each finding is a small figure of its own, drawn at a random place
+# and angle inside the central square, so that only its form tells which finding it is. Each
+# figure is a function of local coordinates (a, b) in units of SHAPE_SIZE; dark ones subtract.
+SHAPE_SIZE = 0.075  # of the central square's side: a radius of about 5 pixels at 64
+
+
+def _disc(a, b):
+    return np.exp(-(np.hypot(a, b) ** 4))
+
+
+def _ring(a, b):
+    return np.exp(-(((np.hypot(a, b) - 1.0) / 0.35) ** 2))
+
+
+def _bar(a, b):
+    return np.exp(-((a / 1.6) ** 4 + (b / 0.4) ** 2))
+
+
+def _cross(a, b):
+    return np.maximum(_bar(a, b), _bar(b, a))
+
+
+def _dots(a, b):
+    return sum(np.exp(-(((a - x) ** 2 + b ** 2) / 0.4 ** 2)) for x in (-1.0, 1.0))
+
+
+def _target(a, b):
+    return np.maximum(_ring(a, b), np.exp(-((np.hypot(a, b) / 0.4) ** 2)))
+
+
+def _square(a, b):
+    edge = np.maximum(np.abs(a), np.abs(b))
+    return np.exp(-(((edge - 0.9) / 0.3) ** 2))
+
+
+# (figure, sign): one per finding index; index 6 (CheXpert's Lung Lesion, a cavity) is the ring.
+SHAPES = (
+    (_disc, 1), (_bar, 1), (_cross, 1), (_dots, 1), (_target, 1), (_square, 1), (_ring, 1),
+    (_disc, -1), (_bar, -1), (_cross, -1), (_dots, -1), (_target, -1), (_ring, -1),
+)
+
+
+def synth_shapes(
+    rng: np.random.Generator,
+    shape: tuple,
+    findings: Sequence[int],
+    *,
+    signal: float = 1.0,
+) -> np.ndarray:
+    """A chest-like float image in [0, 1] with the figure SHAPES[k] for each finding k.
+
+    Each figure lies at a uniform place in the middle half of the central square, at a uniform
+    angle; amplitude 0.45 * signal (negative for the dark figures).
+    """
+    img, u, v = _chest(rng, shape)
+    for k in findings:
+        figure, sign = SHAPES[int(k)]
+        cu, cv = rng.uniform(0.25, 0.75, size=2)
+        angle = rng.uniform(0.0, 2 * math.pi)
+        du, dv = (u - cu) / SHAPE_SIZE, (v - cv) / SHAPE_SIZE
+        a = du * math.cos(angle) + dv * math.sin(angle)
+        b = -du * math.sin(angle) + dv * math.cos(angle)
+        img += sign * 0.45 * signal * figure(a, b)
     return np.clip(img, 0.0, 1.0)
 
 
@@ -132,6 +205,16 @@ def _write_csv(path: pathlib.Path, header: Sequence[str], rows: Sequence[Sequenc
         path.write_bytes(data)
 
 
+def _painter(style: str, n_labels: int):
+    """paint(rng, shape, findings, signal=...) of a style: "grid" over n_labels, or "shapes"."""
+    if style == "grid":
+        return lambda rng, shape, findings, signal: synth_xray(rng, shape, findings, n_labels,
+                                                               signal=signal)
+    if style == "shapes":
+        return synth_shapes
+    raise ValueError(f"unknown style {style!r}; valid: grid, shapes")
+
+
 # ----------------------------------------------------------------------------- CheXpert
 
 CHEXPERT_COLUMNS = (
@@ -175,6 +258,7 @@ def write_chexpert(
     small: bool = False,
     rows: Optional[Sequence[dict]] = None,
     signal: float = 1.0,
+    style: str = "grid",
 ) -> list:
     """Writes train.csv, valid.csv and JPEGs of a fake CheXpert release under root.
 
@@ -189,12 +273,15 @@ def write_chexpert(
         "image" ("ok", "missing", "corrupt"). Missing values are blank; Path,
         Sex, Age, Frontal/Lateral (Frontal) and AP/PA (PA) get defaults.
       signal: blob strength of the findings shown.
+      style: how a finding k (of OBSERVATIONS) is painted: "grid" (a blob at the k-th place of
+        a grid, synth_xray) or "shapes" (the figure SHAPES[k] anywhere, synth_shapes).
 
     Returns:
       A `Written` per row, in file order (train.csv's, then valid.csv's, as given);
       its row holds the 19 CSV cells and its split is "train" or "valid".
     """
     root = pathlib.Path(root)
+    paint = _painter(style, len(OBSERVATIONS))
     rng = np.random.default_rng(seed)
     prefix = CHEXPERT_PREFIXES[small]
     if rows is None:
@@ -226,7 +313,7 @@ def write_chexpert(
             values["Path"] = f"{prefix}{split}/patient{patient:05d}/study1/view1_{kind}.jpg"
         rel = values["Path"].split("/", 1)[1]
         kind = row.get("image", "ok")
-        img = synth_xray(rng, image_size, observations_shown(values), len(OBSERVATIONS), signal=signal)
+        img = paint(rng, image_size, observations_shown(values), signal=signal)
         write_image(root / rel, img, kind, fmt="jpeg")
         csv_rows[split].append([values[c] for c in CHEXPERT_COLUMNS])
         written.append(Written(image_path=rel, split=split, row=values, image=kind))
@@ -605,6 +692,10 @@ TB_FOLDERS = {
 }
 
 
+# The CheXpert finding whose figure (SHAPES) marks tuberculosis in style "shapes": a cavity.
+TB_SIGN = OBSERVATIONS.index("Lung Lesion")
+
+
 def write_tuberculosis(
     root: os.PathLike,
     *,
@@ -614,28 +705,48 @@ def write_tuberculosis(
     seed: int = 0,
     signal: float = 1.0,
     corrupt: Sequence[str] = (),
+    style: str = "grid",
+    distractors: float = 0.0,
+    label_noise: float = 0.0,
 ) -> list:
     """Writes both collections' CXR_png folders (plus ClinicalReadings, ManualMask) under root.
 
-    File names are <PREFIX>_<4-digit number>_<label>.png with random labels (1 = tuberculosis,
-    painted as a blob).
+    File names are <PREFIX>_<4-digit number>_<label>.png with random labels. An image of
+    tuberculosis shows its sign: in style "grid" one central blob, in style "shapes" the figure
+    of CheXpert's Lung Lesion (SHAPES[TB_SIGN], a ring), which a model pre-trained on
+    write_chexpert(style="shapes") has learnt to tell from the others.
 
     Args:
       corrupt: file names to write as broken PNGs.
+      style: "grid" or "shapes" (see above).
+      distractors: style "shapes": the chance that an image, of either class, also shows each
+        other CheXpert finding's figure.
+      label_noise: the chance that an image's file name carries the other label than the
+        one painted (a misread case).
 
     Returns:
-      A `Written` per image; its row holds "collection" ("shenzhen"/"montgomery") and
-      "label" (the class painted, 0 or 1); its split is None (the files name none).
+      A `Written` per image; its row holds "collection" ("shenzhen"/"montgomery"), "label"
+      (the file name's label, 0 or 1) and "painted" (whether the image shows the sign); its
+      split is None (the files name none).
     """
+    if style not in ("grid", "shapes"):
+        raise ValueError(f"unknown style {style!r}; valid: grid, shapes")
     root = pathlib.Path(root)
     rng = np.random.default_rng(seed)
+    others = [k for k in range(len(OBSERVATIONS)) if k != TB_SIGN]
     written = []
     for collection, n in (("shenzhen", n_shenzhen), ("montgomery", n_montgomery)):
         base, prefix = TB_FOLDERS[collection]
         for number in range(1, n + 1):
-            label = int(rng.integers(0, 2))
+            painted = int(rng.integers(0, 2))
+            if style == "grid":
+                img = synth_xray(rng, image_size, [0] if painted else [], 1, signal=signal)
+            else:
+                findings = [k for k in others if rng.random() < distractors]
+                findings += [TB_SIGN] if painted else []
+                img = synth_shapes(rng, image_size, findings, signal=signal)
+            label = 1 - painted if label_noise and rng.random() < label_noise else painted
             name = f"{prefix}_{number:04d}_{label}.png"
-            img = synth_xray(rng, image_size, [0] if label else [], 1, signal=signal)
             kind = "corrupt" if name in corrupt else "ok"
             write_image(root / base / "CXR_png" / name, img, kind, fmt="png")
             readings = root / base / "ClinicalReadings" / name.replace(".png", ".txt")
@@ -645,5 +756,6 @@ def write_tuberculosis(
             if collection == "montgomery":
                 (root / base / "ManualMask" / "leftMask").mkdir(parents=True, exist_ok=True)
             written.append(Written(image_path=f"{base}/CXR_png/{name}", split=None,
-                                   row={"collection": collection, "label": label}, image=kind))
+                                   row={"collection": collection, "label": label,
+                                        "painted": bool(painted)}, image=kind))
     return written
