@@ -3,7 +3,7 @@
     python -m benchmarks.startup                   # 2000 train images of 256 x 256, prepared in a temp dir
     python -m benchmarks.startup --n_train 4000 --data_dir /tmp/startup_tfds   # keeps the data
 
-Writes the synthetic CheXpert fixture (`input_pipeline.datasets.fixtures`), prepares it (config
+Writes the synthetic CheXpert fixture (`input_pipeline.datasets.synthetic`), prepares it (config
 `full`), then for each case builds `get_datasets` and takes what the case uses, timing it (best
 of --rounds) and counting the records TFDS yields, with and without their image (background
 prefetching may add a few to the train cases' counts):
@@ -98,12 +98,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from input_pipeline import datasets
-    from input_pipeline.datasets import fixtures
+    from input_pipeline.datasets import synthetic
 
     root = args.data_dir or tempfile.mkdtemp(prefix="startup_")
     tfds_dir = os.path.join(root, "tfds")
     if not os.path.isdir(os.path.join(tfds_dir, "chexpert_v1")):
-        fixtures.write_chexpert(os.path.join(root, "raw"), n_train=args.n_train, n_valid=args.n_valid,
+        synthetic.write_chexpert(os.path.join(root, "raw"), n_train=args.n_train, n_valid=args.n_valid,
                                 image_size=(args.size, args.size), seed=0)
         datasets.prepare("chexpert_v1", manual_dir=os.path.join(root, "raw"), data_dir=tfds_dir, config="full")
     info = tfds.builder("chexpert_v1", data_dir=tfds_dir, config="full").info

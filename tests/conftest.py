@@ -49,15 +49,16 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
-    """A TFDS data_dir with the demo's synthetic CheXpert and Tuberculosis sets, prepared."""
+    """A TFDS data_dir with small synthetic CheXpert and Tuberculosis sets, prepared (the demo's
+    collections, smaller and in the "grid" style, whose blobs a few steps learn)."""
     from input_pipeline import datasets
-    from input_pipeline.datasets import fixtures
+    from input_pipeline.datasets import synthetic
 
     root = tmp_path_factory.mktemp("demo_data")
-    fixtures.write_chexpert(root / "chexpert", n_train=48, n_valid=12, image_size=(40, 36),
-                            small=True, seed=0)
-    fixtures.write_tuberculosis(root / "tb", n_shenzhen=24, n_montgomery=8, image_size=(40, 36),
-                                seed=1)
+    synthetic.write_chexpert(root / "chexpert", n_train=48, n_valid=12, image_size=(40, 36),
+                             small=True, seed=0)
+    synthetic.write_tuberculosis(root / "tb", n_shenzhen=24, n_montgomery=8, image_size=(40, 36),
+                                 seed=1)
     data = str(root / "tfds")
     datasets.prepare("chexpert_v1", manual_dir=root / "chexpert", data_dir=data, config="full",
                      num_workers=1)

@@ -133,11 +133,11 @@ def test_tensorflow_log_level_is_a_default(monkeypatch):
 def tuberculosis_data(tmp_path_factory):
     """The synthetic Tuberculosis set, prepared at full (tiny) resolution."""
     from input_pipeline import datasets
-    from input_pipeline.datasets import fixtures
+    from input_pipeline.datasets import synthetic
 
     root = tmp_path_factory.mktemp("tb")
-    fixtures.write_tuberculosis(root / "manual", n_shenzhen=24, n_montgomery=8,
-                                image_size=(40, 36), seed=1)
+    synthetic.write_tuberculosis(root / "manual", n_shenzhen=24, n_montgomery=8,
+                                 image_size=(40, 36), seed=1)
     datasets.prepare("tuberculosis_cxr", manual_dir=root / "manual", data_dir=root / "tfds",
                      config="full", num_workers=1)
     return str(root / "tfds")

@@ -27,10 +27,10 @@ def test_committed_without_outputs(path):
 
 def test_transfer_colab_runs(tmp_path):
     from input_pipeline import datasets
-    from input_pipeline.datasets import fixtures
+    from input_pipeline.datasets import synthetic
 
-    fixtures.write_tuberculosis(tmp_path / "tb", n_shenzhen=20, n_montgomery=6,
-                                image_size=(40, 36), seed=2)
+    synthetic.write_tuberculosis(tmp_path / "tb", n_shenzhen=20, n_montgomery=6,
+                                 image_size=(40, 36), seed=2)
     data_dir = str(tmp_path / "tfds")
     datasets.prepare("tuberculosis_cxr", manual_dir=tmp_path / "tb", data_dir=data_dir,
                      num_workers=1)
@@ -135,9 +135,9 @@ def test_use_checkpoint_colab_gives_bit_medicals_logits(tmp_path):
 def test_xray_fewshot_colab_runs_and_reports(tmp_path):
     from bit_medical import results
     from input_pipeline import datasets
-    from input_pipeline.datasets import fixtures
+    from input_pipeline.datasets import synthetic
 
-    fixtures.write_tuberculosis(tmp_path / "tb", n_shenzhen=20, n_montgomery=6,
+    synthetic.write_tuberculosis(tmp_path / "tb", n_shenzhen=20, n_montgomery=6,
                                 image_size=(40, 36), seed=2)
     data_dir = str(tmp_path / "tfds")
     datasets.prepare("tuberculosis_cxr", manual_dir=tmp_path / "tb", data_dir=data_dir,

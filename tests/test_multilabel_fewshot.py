@@ -1,6 +1,6 @@
 """Few-shot on multi-label X-ray targets kept multi-label (data.multilabel_shots='per_label').
 
-The real CheXpert builder is prepared from a fake copy (input_pipeline.datasets.fixtures); the
+The real CheXpert builder is prepared from a fake copy (input_pipeline.datasets.synthetic); the
 configs come from configs/transfer.py. The draw itself is unit-tested in test_fewshot_subsets.py.
 """
 
@@ -32,10 +32,10 @@ def _transfer_config(arg):
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     from input_pipeline import datasets
-    from input_pipeline.datasets import fixtures
+    from input_pipeline.datasets import synthetic
 
     root = tmp_path_factory.mktemp("chexpert")
-    fixtures.write_chexpert(root / "chexpert", n_train=60, n_valid=12, image_size=(40, 36), seed=2)
+    synthetic.write_chexpert(root / "chexpert", n_train=60, n_valid=12, image_size=(40, 36), seed=2)
     data = str(root / "tfds")
     datasets.prepare("chexpert_v1", manual_dir=root / "chexpert", data_dir=data, num_workers=1)
     return data

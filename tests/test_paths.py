@@ -112,11 +112,11 @@ def test_cli_train_takes_relative_and_home_paths(data_dir, small_npz, reference_
 
 
 def test_cli_prepare_takes_home_paths(tmp_path):
-    from input_pipeline.datasets import fixtures
+    from input_pipeline.datasets import synthetic
 
     home = tmp_path / "home"
-    fixtures.write_tuberculosis(home / "tb", n_shenzhen=4, n_montgomery=2, image_size=(40, 36),
-                                seed=1)
+    synthetic.write_tuberculosis(home / "tb", n_shenzhen=4, n_montgomery=2, image_size=(40, 36),
+                                 seed=1)
     out = cli(["prepare", "tuberculosis_cxr", "--manual_dir=~/tb", "--data_dir=~/tfds",
                "--builder_config=full", "--num_workers=1"], cwd=str(tmp_path),
               env={"HOME": str(home)}).stdout

@@ -366,10 +366,10 @@ def test_mixing_xray_and_natural_names_is_an_error(fake_xray):
 @pytest.fixture(scope="module")
 def xray_data(tmp_path_factory):
     """Tuberculosis and NIH fixtures in their on-disk layouts, prepared by the project's builders."""
-    from input_pipeline.datasets import (
-        fixtures,
-        prepare,  # the function the package exports
-    )
+    from input_pipeline.datasets import prepare  # the function the package exports
+
+    import fixtures
+
     root = tmp_path_factory.mktemp("xray")
     tb = fixtures.write_tuberculosis(root / "tb", n_shenzhen=6, n_montgomery=4, image_size=(40, 36))
     nih = fixtures.write_nih(root / "nih", n_images=12, image_size=(32, 32))

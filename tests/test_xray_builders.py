@@ -12,8 +12,9 @@ import tensorflow_datasets as tfds
 
 from input_pipeline import datasets as xray_datasets
 from input_pipeline import registry
-from input_pipeline.datasets import _common, fixtures
+from input_pipeline.datasets import _common, synthetic
 
+import fixtures
 from xray_helpers import load as _load
 from xray_helpers import prepare as _prepare
 
@@ -94,7 +95,7 @@ def test_chexpert_random_fixture_small_release_full_config(tmp_path):
     with open(fx.root / "train.csv", newline="") as f:
         header = next(csv.reader(f))
         first_path = next(csv.reader(f))[0]
-    assert header == list(fixtures.CHEXPERT_COLUMNS) and len(header) == 19
+    assert header == list(synthetic.CHEXPERT_COLUMNS) and len(header) == 19
     assert first_path.startswith("CheXpert-v1.0-small/train/")
     builder = _prepare("chexpert_v1", fx.root, tmp_path / "data", config="full")
     _check_against_fixture(builder, fx, ["train", "validation"])
@@ -111,7 +112,7 @@ def test_chexpert_bad_images_fail_by_default_or_are_counted(tmp_path):
     with pytest.raises(FileNotFoundError, match=missing):
         _prepare("chexpert_v1", fx.root, tmp_path / "d1")
     # With the missing file supplied, the corrupt one is named next.
-    fixtures._write_image(fx.root / missing, np.zeros((8, 8)), "ok", fmt="jpeg")
+    synthetic.write_image(fx.root / missing, np.zeros((8, 8)), "ok", fmt="jpeg")
     with pytest.raises(_common.UnreadableImageError, match=fx.examples[2].image_path):
         _prepare("chexpert_v1", fx.root, tmp_path / "d2")
     os.remove(fx.root / missing)

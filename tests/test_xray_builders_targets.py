@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from input_pipeline.datasets import _common, fixtures, padchest
+from input_pipeline.datasets import _common, padchest
 
+import fixtures
 from xray_helpers import load as _load
 from xray_helpers import prepare as _prepare
 

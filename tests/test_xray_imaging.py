@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from input_pipeline import imaging
-from input_pipeline.datasets import _common, fixtures
+from input_pipeline.datasets import _common, synthetic
 
 
 def _cv2_reference(img_u8: np.ndarray, size: int) -> np.ndarray:
@@ -126,10 +126,10 @@ def test_pool_workers_process_images_without_importing_tensorflow(tmp_path):
 
 def test_synthetic_signal_marks_each_positive_label_at_its_own_place():
     shape, n = (64, 80), 13
-    base = fixtures.synth_xray(np.random.default_rng(0), shape, [], n, signal=1.0)
+    base = synthetic.synth_xray(np.random.default_rng(0), shape, [], n, signal=1.0)
     peaks = set()
     for k in (0, 5, 12):
-        img = fixtures.synth_xray(np.random.default_rng(0), shape, [k], n, signal=1.0)
+        img = synthetic.synth_xray(np.random.default_rng(0), shape, [k], n, signal=1.0)
         diff = img - base
         assert diff.max() > 0.2
         row, col = np.unravel_index(np.argmax(diff), shape)
@@ -137,5 +137,37 @@ def test_synthetic_signal_marks_each_positive_label_at_its_own_place():
         # The blob lies inside the central square (columns 8..71) that the 224/512 configs keep.
         assert 8 <= col < 72
     assert len(peaks) == 3
-    quiet = fixtures.synth_xray(np.random.default_rng(0), shape, [3], n, signal=0.0)
+    quiet = synthetic.synth_xray(np.random.default_rng(0), shape, [3], n, signal=0.0)
     np.testing.assert_array_equal(quiet, base)
+
+
+def test_shapes_style_draws_each_finding_as_its_own_figure():
+    """synth_shapes adds only the figure to the same background; bright figures add, dark ones
+    subtract, and tuberculosis's ring is hollow where its look-alike (the target) is not."""
+    shape = (72, 64)
+    base = synthetic.synth_shapes(np.random.default_rng(0), shape, [], signal=0.5)
+    centre_share = {}
+    for k, (_, sign) in enumerate(synthetic.SHAPES):
+        diff = synthetic.synth_shapes(np.random.default_rng(0), shape, [k], signal=0.5) - base
+        assert np.abs(diff).max() > 0.15, k
+        assert np.sign(diff.flat[np.argmax(np.abs(diff))]) == sign, k
+        weight = np.abs(diff)
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+        cy, cx = (int(round((g * weight).sum() / weight.sum())) for g in (yy, xx))
+        centre_share[k] = weight[cy, cx] / weight.max()
+    ring, target = synthetic.TB_SIGN, 4
+    assert synthetic.SHAPES[ring][0].__name__ == "_ring" and synthetic.SHAPES[target][0].__name__ == "_target"
+    assert centre_share[ring] < 0.2 < 0.5 < centre_share[target]
+
+
+def test_tuberculosis_shapes_style_labels_and_label_noise(tmp_path):
+    clean = synthetic.write_tuberculosis(tmp_path / "a", n_shenzhen=30, n_montgomery=10,
+                                         image_size=(32, 32), style="shapes", distractors=0.2)
+    assert all(w.row["label"] == w.row["painted"] for w in clean)
+    assert all(w.image_path.endswith(f"_{w.row['label']}.png") for w in clean)
+    noisy = synthetic.write_tuberculosis(tmp_path / "b", n_shenzhen=200, n_montgomery=0,
+                                         image_size=(16, 16), style="shapes", label_noise=0.3)
+    flipped = np.mean([w.row["label"] != w.row["painted"] for w in noisy])
+    assert 0.2 < flipped < 0.4  # 0.3 +- 3 binomial standard deviations
+    with pytest.raises(ValueError, match="unknown style 'dots'; valid: grid, shapes"):
+        synthetic.write_tuberculosis(tmp_path / "c", style="dots")

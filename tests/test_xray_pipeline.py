@@ -434,7 +434,9 @@ _E2E_SOURCES = ("chexpert_v1", "mimic_cxr_jpg", "nih_chest_xray14", "padchest", 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """data_dir with the five builders prepared ('full' config) and their fixtures."""
-    from input_pipeline.datasets import fixtures, prepare
+    from input_pipeline.datasets import prepare
+
+    import fixtures
 
     root = tmp_path_factory.mktemp("xray")
     written = {
