@@ -159,3 +159,20 @@ def fake_gcs(root):
             open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one, remove=one,
             rmtree=one, stat=one, rename=two, replace=two, copy=two, glob=glob_, walk=walk):
         yield
+
+
+def store_tfds(data_dir, name, images, labels, splits, class_names):
+    """Stores 32x32 RGB ``images`` with ``labels`` as the TFDS dataset ``name`` in ``data_dir``.
+
+    ``splits`` maps a split name to its ``(start, stop)`` rows.
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version="1.0.0", data_dir=os.fspath(data_dir),
+        split_datasets={split: tf.data.Dataset.from_tensor_slices(
+            {"image": images[lo:hi], "label": labels[lo:hi]}) for split, (lo, hi) in splits.items()},
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=images.shape[1:]),
+            "label": tfds.features.ClassLabel(names=list(class_names))}))

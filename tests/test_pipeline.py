@@ -18,6 +18,8 @@ import tensorflow_datasets as tfds
 
 import input_pipeline
 
+import run_helpers
+
 _CLASSES = {"cifar10": 10, "cifar100": 100, "oxford_iiit_pet": 37, "oxford_flowers102": 102, "imagenet2012": 1000}
 
 
@@ -173,20 +175,10 @@ def tiny_tfds(tmp_path_factory):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (26, 32, 32, 3), np.uint8)
     labels = np.arange(26) % 3
-
-    def split(lo, hi):
-        return tf.data.Dataset.from_tensor_slices({"image": images[lo:hi], "label": labels[lo:hi]})
-
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name="bitmed_tiny", version="1.0.0", data_dir=data_dir,
-        split_datasets={"train": split(0, 20), "test": split(20, 26)},
-        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(32, 32, 3)),
-                                             "label": tfds.features.ClassLabel(names=["x", "y", "z"])}))
-    imbalanced = tf.data.Dataset.from_tensor_slices({"image": images[:20], "label": np.repeat([0, 1], [16, 4])})
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name="bitmed_imbalanced", version="1.0.0", data_dir=data_dir, split_datasets={"train": imbalanced},
-        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(32, 32, 3)),
-                                             "label": tfds.features.ClassLabel(names=["major", "minor"])}))
+    run_helpers.store_tfds(data_dir, "bitmed_tiny", images, labels,
+                           {"train": (0, 20), "test": (20, 26)}, ["x", "y", "z"])
+    run_helpers.store_tfds(data_dir, "bitmed_imbalanced", images[:20], np.repeat([0, 1], [16, 4]),
+                           {"train": (0, 20)}, ["major", "minor"])
     return data_dir
 
 

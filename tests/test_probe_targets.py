@@ -7,11 +7,10 @@ Before probes owned their pp, the first sent RGB images through the X-ray transf
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from bit_medical import experiment, train
 
+import run_helpers
 from run_helpers import config as _xray_config
 
 # Three classes of flat, well-separated colours with a little noise: frozen random features
@@ -27,15 +26,8 @@ def natural_dir(tmp_path_factory):
     labels = np.arange(36) % 3
     noise = rng.integers(-10, 11, (36, 32, 32, 3))
     images = np.clip(_COLOURS[labels][:, None, None, :].astype(int) + noise, 0, 255).astype(np.uint8)
-
-    def split(lo, hi):
-        return tf.data.Dataset.from_tensor_slices({"image": images[lo:hi], "label": labels[lo:hi]})
-
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name="bitmed_colours", version="1.0.0", data_dir=data_dir,
-        split_datasets={"train": split(0, 24), "test": split(24, 36)},
-        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(32, 32, 3)),
-                                             "label": tfds.features.ClassLabel(names=["b", "r", "g"])}))
+    run_helpers.store_tfds(data_dir, "bitmed_colours", images, labels,
+                           {"train": (0, 24), "test": (24, 36)}, ["b", "r", "g"])
     return data_dir
 
 
