@@ -153,7 +153,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     prepare.add_argument("--builder_config", default="512",
                          help="stored resolution: 512, 224 or full (default: 512)")
     prepare.add_argument("--num_workers", type=int,
-                         help="image decoding processes (default: one per CPU)")
+                         help="image decoding threads (default: one per CPU)")
     prepare.add_argument("--skip_corrupt", action="store_true",
                          help="leave out (and count) unreadable images instead of failing")
     report = commands["report"]

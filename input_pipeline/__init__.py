@@ -4,8 +4,7 @@ Entry point: ``get_datasets(config) -> Datasets(train, evals, info)``; the train
 batch's images into the model's input with ``model_input(batch["image"], config.pp.norm)``.
 
 The names below are imported on first use (PEP 562), so that importing a light submodule such
-as `input_pipeline.imaging` (numpy + Pillow, used by the builders' worker processes) does not
-import TensorFlow.
+as `input_pipeline.imaging` (numpy + Pillow) does not import TensorFlow.
 """
 
 import importlib

@@ -1,7 +1,7 @@
 """Image reading, cropping, area resizing and PNG encoding for the X-ray builders.
 
-Only numpy and Pillow are used here (no TensorFlow), so the worker processes
-that run these functions during preparation stay light.
+Only numpy and Pillow are used here; both release the GIL while decoding,
+resizing and encoding, so the builders run `process_image` in threads.
 
 Pixel semantics follow the reference code (SLAMPAI/large-scale-pretraining-transfer):
 - CheXpert, MIMIC, NIH read the file with OpenCV as 3-channel BGR and take channel 0;

@@ -3,8 +3,7 @@ the configs read them from here.
 
 A record is keyed by its builder name (TFDS name, or ``image_folder``). Adding a source or a
 target is one record here plus, for a manual-download X-ray set, its builder in
-`input_pipeline.datasets` (see the README, "Adding a dataset"). Pure Python: the builders'
-image worker processes import it without TensorFlow.
+`input_pipeline.datasets` (see the README, "Adding a dataset"). Pure Python, no TensorFlow.
 
 References (SLAMPAI/large-scale-pretraining-transfer): label orders and views from
 ``transfer_learning/datasets/{chexpert,mimic,nih,padchest}.py`` and ``configs/*.yaml``;

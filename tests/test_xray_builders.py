@@ -109,9 +109,9 @@ def test_chexpert_bad_images_fail_by_default_or_are_counted(tmp_path):
     rows = [{}, {"image": "missing"}, {"image": "corrupt"}, {"split": "valid"}]
     fx = fixtures.write_chexpert(tmp_path / "root", rows=rows)
     missing = fx.examples[1].image_path
-    with pytest.raises(FileNotFoundError, match=missing):
-        _prepare("chexpert_v1", fx.root, tmp_path / "d1")
-    # With the missing file supplied, the corrupt one is named next.
+    with pytest.raises(FileNotFoundError, match=missing):  # raised through the decoding threads
+        _prepare("chexpert_v1", fx.root, tmp_path / "d1", num_workers=2)
+    # With the missing file supplied, the corrupt one is named next (decoded in this thread).
     synthetic.write_image(fx.root / missing, np.zeros((8, 8)), "ok", fmt="jpeg")
     with pytest.raises(_common.UnreadableImageError, match=fx.examples[2].image_path):
         _prepare("chexpert_v1", fx.root, tmp_path / "d2")

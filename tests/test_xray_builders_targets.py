@@ -3,13 +3,15 @@ of the reference's procedures (pandas + np.random.RandomState(42))."""
 
 import glob
 import os
+import threading
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from input_pipeline.datasets import _common, padchest
+from input_pipeline import imaging
+from input_pipeline.datasets import padchest
 
 import fixtures
 from xray_helpers import load as _load
@@ -181,14 +183,14 @@ def _reference_tb(folder, train):
 
 
 def test_tuberculosis_split_with_two_workers_and_skip_corrupt(tmp_path, monkeypatch):
-    started = []   # worker counts of the pools the builder starts
-    start_pool = _common._start_pool
+    decoders = set()   # names of the threads that decoded an image
+    process_image = imaging.process_image
 
-    def recording_start_pool(num_workers):
-        started.append(num_workers)
-        return start_pool(num_workers)
+    def recording_process_image(task):
+        decoders.add(threading.current_thread().name)
+        return process_image(task)
 
-    monkeypatch.setattr(_common, "_start_pool", recording_start_pool)
+    monkeypatch.setattr(imaging, "process_image", recording_process_image)
     fx = fixtures.write_tuberculosis(tmp_path / "TB", n_shenzhen=20, n_montgomery=8, seed=5,
                                      corrupt=("MCUCXR_0003_0.png", "MCUCXR_0003_1.png"))
     builder = _prepare("tuberculosis_cxr", fx.root, tmp_path / "data", num_workers=2,
@@ -213,8 +215,8 @@ def test_tuberculosis_split_with_two_workers_and_skip_corrupt(tmp_path, monkeypa
     assert kept["train"] + kept["test"] == 27
     assert sum(d["unreadable image"] for d in dropped.values()) == 1
     assert builder.info.features["label"].names == ["normal", "tuberculosis"]
-    # The worker processes ran and gave exactly what one process gives.
-    assert started == [2]
+    # The pool's threads decoded every image and gave exactly what one thread gives.
+    assert decoders and all(name.startswith("xray-image") for name in decoders)
     serial = _prepare("tuberculosis_cxr", fx.root, tmp_path / "serial", num_workers=1,
                       skip_corrupt=True)
     for split in ("train", "test"):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from input_pipeline import imaging
-from input_pipeline.datasets import _common, synthetic
+from input_pipeline.datasets import synthetic
 
 
 def _cv2_reference(img_u8: np.ndarray, size: int) -> np.ndarray:
@@ -106,22 +106,6 @@ def test_process_image_reports_missing_and_corrupt(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     corrupt = imaging.process_image(imaging.ImageTask(str(bad), 8, "bgr0", 32, True))
     assert corrupt.error_kind == "unreadable image" and corrupt.png is None
-
-
-def test_pool_workers_process_images_without_importing_tensorflow(tmp_path):
-    gray = (np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)
-    task = imaging.ImageTask(_write(tmp_path, "g.png", gray), 8, "bgr0", 16, True)
-    probe = ("sorted(m for m in ('input_pipeline.imaging', 'input_pipeline.pipeline', 'jax', 'tensorflow', "
-             "'tensorflow_datasets') if m in __import__('sys').modules)")
-    pool = _common._start_pool(1)
-    try:
-        result = pool.submit(imaging.process_image, task).result()
-        # A builtin pickles by name, so `eval` runs the probe in that same worker importing nothing.
-        loaded = pool.submit(eval, probe).result()
-    finally:
-        pool.shutdown()
-    assert loaded == ["input_pipeline.imaging"]
-    assert result.error_kind is None and result.png == imaging.process_image(task).png
 
 
 def test_synthetic_signal_marks_each_positive_label_at_its_own_place():

@@ -2,7 +2,7 @@
 
 A dataset module supplies `_read_records(root)`: the examples of each split
 (everything but the image) and the counts of rows it left out, by reason. The
-base class decodes, crops and resizes the images in a process pool, keeps the
+base class decodes, crops and resizes the images in a thread pool, keeps the
 split's order, and stores the kept / dropped counts in `info.metadata`.
 """
 
@@ -11,13 +11,12 @@ from __future__ import annotations
 import abc
 import collections
 import concurrent.futures
-import concurrent.futures.process
+import contextlib
 import csv
 import dataclasses
 import gzip
 import itertools
 import math
-import multiprocessing
 import os
 from typing import Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -199,44 +198,31 @@ def label_vector(values: Iterable[float]) -> np.ndarray:
     return np.asarray(list(values), dtype=np.float32)
 
 
-def _start_pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """Worker processes for `imaging.process_image`.
+def _iter_results(tasks: Sequence[imaging.ImageTask], num_workers: int) -> Iterator:
+    """process_image over tasks, in order, with up to `num_workers` threads (at most a window ahead).
 
-    Unpickling `imaging.process_image` in a worker imports `input_pipeline.imaging` (numpy and
-    Pillow) and the package's `__init__`, which imports nothing heavy; TensorFlow stays out.
+    Threads, not processes: Pillow and numpy release the GIL while decoding, resizing and
+    encoding, so threads decode as fast as worker processes did (benchmarks/RESULTS.md,
+    "Preparing X-ray datasets") and need no importable main program; a builder therefore
+    prepares from an unguarded script, standard input or a notebook alike.
     """
-    # Not plain fork: the parent runs TensorFlow (and maybe JAX) threads, which a fork can
-    # deadlock. forkserver forks from a fresh single-purpose process; spawn elsewhere.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context(method))
-
-
-def _iter_results(tasks: Sequence[imaging.ImageTask], pool, window: int) -> Iterator:
-    """process_image over tasks, in order; in `pool` (at most `window` ahead) unless it is None."""
-    if pool is None:
-        for task in tasks:
-            yield imaging.process_image(task)
+    if num_workers <= 1 or len(tasks) <= 1:
+        yield from map(imaging.process_image, tasks)
         return
     jobs = iter(tasks)
-    pending = collections.deque(
-        pool.submit(imaging.process_image, job) for job in itertools.islice(jobs, window))
-    try:
-        while pending:
-            try:
+    with concurrent.futures.ThreadPoolExecutor(num_workers, thread_name_prefix="xray-image") as pool:
+        pending = collections.deque(pool.submit(imaging.process_image, job)
+                                    for job in itertools.islice(jobs, num_workers * _WINDOW_PER_WORKER))
+        try:
+            while pending:
                 result = pending.popleft().result()
-            except concurrent.futures.process.BrokenProcessPool as e:
-                raise RuntimeError(
-                    "Image worker processes died before finishing (see their error above; a main "
-                    "program read from stdin cannot start them); "
-                    "pass num_workers=1 to prepare in this process."
-                ) from e
-            nxt = next(jobs, None)
-            if nxt is not None:
-                pending.append(pool.submit(imaging.process_image, nxt))
-            yield result
-    finally:
-        for future in pending:  # stopped early (an error): drop queued work
-            future.cancel()
+                nxt = next(jobs, None)
+                if nxt is not None:
+                    pending.append(pool.submit(imaging.process_image, nxt))
+                yield result
+        finally:
+            for future in pending:  # stopped early (an error): drop queued work
+                future.cancel()
 
 
 class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -248,7 +234,7 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     Builder options (also accepted by `tfds.builder(name, **kwargs)`):
       skip_corrupt: leave out unreadable or missing images and count them
         (default: stop with an error naming the file).
-      num_workers: processes decoding/resizing images (default os.cpu_count()).
+      num_workers: threads decoding/resizing images (default os.cpu_count()).
     """
 
     VERSION = VERSION
@@ -266,7 +252,6 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self._skip_corrupt = bool(skip_corrupt)
         self._num_workers = num_workers or os.cpu_count() or 1
-        self._pool = None  # started by _worker_pool during preparation only
         # Pickling rebuilds the builder from _original_state: keep the options there.
         self._original_state = dict(
             self._original_state, skip_corrupt=skip_corrupt, num_workers=num_workers
@@ -313,24 +298,6 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           is read.
         """
 
-    def _download_and_prepare(self, dl_manager, download_config):
-        # One worker pool serves every split; it is shut down however generation ends.
-        self._pool = None
-        try:
-            return super()._download_and_prepare(dl_manager, download_config)
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-    def _worker_pool(self, n_tasks: int):
-        """The shared process pool, started on first use; None when one process is enough."""
-        if self._num_workers <= 1 or n_tasks <= 1:
-            return self._pool
-        if self._pool is None:
-            self._pool = _start_pool(self._num_workers)
-        return self._pool
-
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = os.fspath(dl_manager.manual_dir)
         splits, drops = self._read_records(root)
@@ -361,25 +328,25 @@ class XrayBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         ]
         kept = 0
         low_bit_depth = 0
-        results = _iter_results(tasks, self._worker_pool(len(tasks)),
-                                self._num_workers * _WINDOW_PER_WORKER)
-        for record, result in zip(records, results):
-            if result.error_kind is not None:
-                if not self._skip_corrupt:
-                    missing = result.error_kind == "missing file"
-                    exc = FileNotFoundError if missing else UnreadableImageError
-                    raise exc(
-                        f"{self.name}: {result.error_kind} {record.image_file} ({result.message}). "
-                        "Pass --skip_corrupt (skip_corrupt=True in Python) to leave such images "
-                        "out and count them."
-                    )
-                logging.warning("%s: leaving out %s: %s (%s)", self.name, record.image_file,
-                                result.error_kind, result.message)
-                drops.add(split, result.error_kind)
-                continue
-            kept += 1
-            low_bit_depth += result.low_bit_depth
-            yield record.key, dict(record.example, image=result.png)
+        # Closed on an error too, so queued images are dropped at once.
+        with contextlib.closing(_iter_results(tasks, self._num_workers)) as results:
+            for record, result in zip(records, results):
+                if result.error_kind is not None:
+                    if not self._skip_corrupt:
+                        missing = result.error_kind == "missing file"
+                        exc = FileNotFoundError if missing else UnreadableImageError
+                        raise exc(
+                            f"{self.name}: {result.error_kind} {record.image_file} ({result.message}). "
+                            "Pass --skip_corrupt (skip_corrupt=True in Python) to leave such images "
+                            "out and count them."
+                        )
+                    logging.warning("%s: leaving out %s: %s (%s)", self.name, record.image_file,
+                                    result.error_kind, result.message)
+                    drops.add(split, result.error_kind)
+                    continue
+                kept += 1
+                low_bit_depth += result.low_bit_depth
+                yield record.key, dict(record.example, image=result.png)
         # The generator is exhausted before TFDS writes dataset_info, so these persist.
         self.info.metadata["kept"][split] = kept
         self.info.metadata["dropped"] = drops.as_dict()

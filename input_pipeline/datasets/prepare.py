@@ -48,7 +48,7 @@ def prepare(
         MANUAL_DOWNLOAD_INSTRUCTIONS say.
       data_dir: where the TFDS files are written (data_dir/name/config/version).
       config: stored resolution, "512" (default), "224" or "full".
-      num_workers: image decoding processes (default os.cpu_count()).
+      num_workers: image decoding threads (default os.cpu_count()).
       skip_corrupt: leave out unreadable/missing images and count them instead of failing.
 
     Returns:
