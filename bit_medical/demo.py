@@ -40,7 +40,7 @@ def demo_config(**args):
     return experiment.load(f"{grid.REPO / CONFIG}:" + ",".join(f"{k}={v}" for k, v in args.items()))
 
 
-def write_data(workdir: str) -> str:
+def write_data(workdir: os.PathLike) -> str:
     """Writes and prepares the synthetic collections under ``workdir``; returns the TFDS
     data_dir."""
     from input_pipeline import datasets
@@ -91,20 +91,23 @@ def run(workdir: str) -> list[results.Row]:
     """Runs the whole demo in ``workdir`` with the grid's local launcher (re-running skips
     finished runs and resumes unfinished ones); returns the transfer runs' results."""
     start = time.time()
-    workdir = paths.absolute(workdir)
-    paths.path(workdir).mkdir(parents=True, exist_ok=True)
+    workdir = paths.path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     # Transfer runs differ only in data and schedule, so their compiled steps are identical:
     # the persistent cache compiles each once.
-    jax.config.update("jax_compilation_cache_dir", os.fspath(paths.path(workdir) / "jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", os.fspath(workdir / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
     data_dir = write_data(workdir)
     logging.info("Synthetic data prepared in %s (%.0f s)", data_dir, time.time() - start)
-    root = os.fspath(paths.path(workdir) / "runs")
+    root, out = os.fspath(workdir / "runs"), os.fspath(workdir / "report")
     demo_runs = runs(root, data_dir)
     grid.run_local(demo_runs)
+    if any(grid.status(run) != grid.FINISHED for run in demo_runs):  # preempted (SIGTERM)
+        print(f"The demo stopped before its last run; `bit-medical demo --workdir={workdir}` "
+              f"resumes it.")
+        return []
     rows = results.load([run.marker for run in demo_runs if run.stage == grid.TRANSFER])
-    out = os.fspath(paths.path(workdir) / "report")
     report_md = report.report_runs(root, out)
     print(results.table(rows, "test/acc"))
     print(f"\nDemo finished in {time.time() - start:.0f} s.\n"
