@@ -2,25 +2,35 @@
 
     bit-medical demo --workdir=/tmp/bit_demo            # everything below, in order
 
-    bit-medical train --workdir=/tmp/bit_demo/pretrain \
+    bit-medical train --workdir=/tmp/bit_demo/runs/pretrain/demo_chexpert_bit14x0.5 \
       --config=configs/demo.py:stage=pretrain,data_dir=/tmp/bit_demo/tfds
-    bit-medical train --workdir=/tmp/bit_demo/transfer/pretrained_10shot_seed0 \
-      --config=configs/demo.py:stage=transfer,data_dir=/tmp/bit_demo/tfds,shots=10,seed=0,pretrained=/tmp/bit_demo/pretrain
+    bit-medical train --workdir=/tmp/bit_demo/runs/tuberculosis_demo/demo_chexpert_bit14x0.5/10_shot/seed_0 \
+      --config=configs/demo.py:stage=transfer,data_dir=/tmp/bit_demo/tfds,shots=10,seed=0,pretrained=/tmp/bit_demo/runs/pretrain/demo_chexpert_bit14x0.5
+    bit-medical report /tmp/bit_demo/runs
 
 Stage `pretrain`: a small BiT on a synthetic CheXpert (13 labels, multi-label BCE with unknown
 labels, the X-ray preprocessing, SGD + AGC), with the linear few-shot probe on the synthetic
 Tuberculosis set. Stage `transfer`: BiT-HyperRule fine-tuning on the synthetic Tuberculosis set
 with `shots` images per class (or all), from `pretrained` (empty: from scratch), with the
-paper's new-head init (`head_init` "reference", the schema default). Each CheXpert finding is a
-figure of its own; tuberculosis is Lung Lesion's faint ring among other findings' figures
-(input_pipeline.datasets.synthetic, style "shapes"), so a model that learnt the figures in
-pre-training transfers better than one trained from scratch with few shots. Each stage runs in
-seconds to a minute on 2 CPU cores.
+paper's new-head init (`head_init` "reference", the schema default); its steps grow with the
+training set (`transfer_steps`). Each CheXpert finding is a figure of its own; tuberculosis is
+Lung Lesion's ring among a few other findings' figures (input_pipeline.datasets.synthetic,
+style "shapes"), so a model that learnt the figures in pre-training transfers better than one
+trained from scratch with few shots. Each stage runs in seconds to a minute on 2 CPU cores.
 """
 
 from bit_medical import experiment
 
 IMAGE_SIZE = 64
+# Fine-tuning steps by images per class (then all images): like the BiT-HyperRule, whose schedule
+# grows with the training set, scaled down for the CPU.
+TRANSFER_STEPS = ((1, 20), (10, 40))
+TRANSFER_STEPS_FULL = 100
+
+
+def transfer_steps(shots: int) -> int:
+    """Fine-tuning steps for ``shots`` images per class (0: all of them)."""
+    return next((steps for most, steps in TRANSFER_STEPS if 0 < shots <= most), TRANSFER_STEPS_FULL)
 
 
 def get_config(arg=None):
@@ -57,7 +67,7 @@ def get_config(arg=None):
                     norm="" if args.pretrained else "bit")
         c.optim.base_lr = 0.01
         # The paper's schedule shape (warm-up, three /10 decays), shortened for the CPU.
-        c.total_steps = args.steps or 40
+        c.total_steps = args.steps or transfer_steps(c.data.shots)
         c.eval_every = 0
         c.results.dataset = "tuberculosis_demo"
         if not args.pretrained:

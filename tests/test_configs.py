@@ -86,6 +86,34 @@ def test_demo_stages_build():
     assert (c.data.name, c.data.shots, c.pp.norm) == ("tuberculosis_cxr", 10, "")
 
 
+def test_demo_transfer_steps_grow_with_the_training_set():
+    steps = {shots: DEMO.get_config(f"stage=transfer,shots={shots}").total_steps
+             for shots in (1, 2, 10, "full")}
+    assert steps == {1: 20, 2: 40, 10: 40, "full": 100}
+    assert DEMO.get_config("stage=transfer,shots=1,steps=7").total_steps == 7
+
+
+def test_demo_runs_are_a_grid_in_the_published_layout():
+    from bit_medical import demo, grid
+
+    runs = demo.runs("/r", "/d")
+    pre = runs[0]
+    assert (pre.name, pre.stage, pre.workdir) == (
+        "pretrain/demo_chexpert_bit14x0.5", grid.PRETRAIN, "/r/pretrain/demo_chexpert_bit14x0.5")
+    names = {run.name: run for run in runs[1:]}
+    assert len(names) == 18 and all(run.stage == grid.TRANSFER for run in runs[1:])
+    first = names["tuberculosis_demo/demo_chexpert_bit14x0.5/1_shot/seed_0"]
+    last = names["tuberculosis_demo/scratch_bit14x0.5/full_shot/seed_2"]
+    assert first.after is pre and last.after is None
+    assert first.workdir == "/r/tuberculosis_demo/demo_chexpert_bit14x0.5/1_shot/seed_0"
+    config = grid.run_config(first)
+    assert (config.pretrained, config.data.shots, config.seed, config.total_steps) == (
+        "/r/pretrain/demo_chexpert_bit14x0.5", 1, 0, 20)
+    config = grid.run_config(last)
+    assert (config.pretrained, config.data.shots, config.seed, config.data.data_dir) == (
+        "", 0, 2, "/d")
+
+
 @pytest.mark.parametrize("module,arg,message", [
     (TRANSFER, "target=imagenet", "valid: cifar10, cifar100, pets"),
     (TRANSFER, "shots=3", "valid: 1, 5, 10, 100, 500, full"),
