@@ -61,8 +61,7 @@ def write_data(workdir: os.PathLike) -> str:
                                      distractors=0.05, label_noise=0.02)
     data_dir = os.fspath(paths.path(workdir) / "tfds")
     for name, root in (("chexpert_v1", chexpert), ("tuberculosis_cxr", tuberculosis)):
-        datasets.prepare(name, manual_dir=os.fspath(root), data_dir=data_dir, config="full",
-                         num_workers=1)
+        datasets.prepare(name, manual_dir=os.fspath(root), data_dir=data_dir, config="full")
     return data_dir
 
 
