@@ -95,7 +95,7 @@ def pretrained_model(source: str, model: str, imagenet: str = "released") -> str
     as configs/pretrain.py tags its runs, or a released BiT's own name (``bit_m_r50x1``, as
     ``train.pretrained_model_tag``) for ImageNet with ``imagenet=released``."""
     if imagenet == "released" and source in RELEASED:
-        return released_name(source, model).lower().replace("-", "_")
+        return bit.published_tag(released_name(source, model))
     return f"{source}_bit{bit.architecture(model).tag[1:]}"
 
 

@@ -133,7 +133,7 @@ def pretrained_model_tag(config: ml_collections.ConfigDict, arch: bit.Architectu
     source = config.pretrained
     name = f"bit{arch.tag[1:]}"
     if source in bit.PUBLISHED:
-        return source.lower().replace("-", "_")
+        return bit.published_tag(source)
     if source and paths.path(source).is_dir():
         return export.load_meta(source).get("pretrained_model") or f"custom_{name}"
     return f"{'custom' if source else 'scratch'}_{name}"

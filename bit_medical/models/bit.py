@@ -82,6 +82,12 @@ VARIANTS: dict[str, Architecture] = {
 PUBLISHED_NUM_CLASSES = {"S": 1000, "M": 21843}
 
 
+def published_tag(name: str) -> str:
+    """The ``pretrained_model`` name of results from a released BiT (``bit_m_r50x1``): its own
+    name, never the paper's ImageNet pre-trainings' (``imagenet21k_bit50x1``), which it is not."""
+    return name.lower().replace("-", "_")
+
+
 def architecture(name: str) -> Architecture:
     """Returns the architecture of a variant name, e.g. ``"BiT-M-R50x1"`` or ``"BiT-R26x0.5"``."""
     try:
